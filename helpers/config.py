@@ -129,12 +129,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
         learning_rate=5e-5, temperature=1.0,
     ),
-    # A real short run on a 2-core laptop with SmolLM2-135M (about 15-25 min, estimate).
+    # A real short run on a 2-core laptop with SmolLM2-135M (about 25 min on 2 cores, measured: README).
     "cpu": dict(
-        max_steps=40, num_generations=4, per_device_batch=8, max_prompt_length=256,
-        max_completion_length=96, train_size=400, eval_size=50, eval_max_new_tokens=160,
-        eval_batch_size=25, save_steps=10, sft_steps=80, sft_batch=8, lora_r=16, lora_alpha=32,
-        learning_rate=2e-5, temperature=1.0,
+        max_steps=30, num_generations=4, per_device_batch=4, max_prompt_length=256,
+        max_completion_length=96, train_size=400, eval_size=30, eval_max_new_tokens=128,
+        eval_batch_size=15, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
+        lora_r=16, lora_alpha=32, learning_rate=2e-5, temperature=1.0,
     ),
     # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit, fp16. Use Qwen2.5-0.5B-Instruct to go faster.
     "t4": dict(

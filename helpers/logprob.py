@@ -1,0 +1,412 @@
+"""The logprob reward: R = log P(gold answer | prompt, own reasoning), token-exact and fast.
+
+`score_targets` returns per-token log-probabilities of each target given its context:
+- context+target are tokenized *jointly*; target tokens are those whose character span overlaps
+  the target's characters (a token straddling the boundary counts as target). Tokenizing the two
+  parts separately gives different tokens at the boundary for BPE vocabularies, and a wrong reward.
+- the transformer body runs once per sequence, and the LM head only at the positions that predict
+  target tokens: no full-vocabulary log-softmax over the whole sequence.
+- sequences are sorted by length and batched with right padding, so padding wastes little;
+- `share_prefix=True` (the default in the reward) computes the key/value cache of the longest
+  common token prefix of a group once (the G completions of one prompt share it) and runs only the
+  continuations: cheaper than one forward per sequence.
+- we never read `model(...).logits`, so Unsloth's UNSLOTH_RETURN_HIDDEN_STATES trap (logits that are
+  really hidden states) cannot bite; `_to_logits` still guards the fallback path.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Sequence
+
+from .data import ANSWER_CLOSE, ANSWER_OPEN, completion_text, split_reasoning
+
+DEFAULT_FLOOR = -20.0
+
+
+# ---------------------------------------------------------------------------------------
+# Model plumbing
+def _causal_lm(model):
+    """The *ForCausalLM module under a PeftModel (LoRA layers are injected in place, so they still apply)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _body_and_head(model):
+    lm = _causal_lm(model)
+    body = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+    return body, lm.get_output_embeddings()
+
+
+def _to_logits(x, head, vocab_size: int):
+    """Logits from `x`, which may already be logits or (Unsloth trap) hidden states."""
+    return x if x.shape[-1] == vocab_size else head(x)
+
+
+def _hidden_states(model, input_ids, attention_mask, past_key_values=None, position_ids=None):
+    body, head = _body_and_head(model)
+    if body is not None:
+        out = body(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                   position_ids=position_ids, use_cache=past_key_values is not None)
+        return out.last_hidden_state, out.past_key_values
+    # Fallback for models without get_decoder(): hidden states from the full model.
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                past_key_values=past_key_values, position_ids=position_ids, use_cache=past_key_values is not None)
+    return out.hidden_states[-1], getattr(out, "past_key_values", None)
+
+
+def _target_logprobs(hidden, head, target_ids, vocab_size):
+    """log P(target_ids[i] | …) from the hidden states that predict them, [N, H] -> [N], in float32."""
+    import torch
+
+    logits = _to_logits(hidden, head, vocab_size).float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+
+
+@contextmanager
+def _eval_mode(model):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was:
+            model.train()
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenization
+def encode_pair(tokenizer, context: str, target: str, max_length: int | None = None) -> tuple[list[int], int]:
+    """Token ids of context+target (tokenized jointly) and the index of the first target token.
+
+    A token whose character span overlaps the target counts as target. When the sequence is longer
+    than `max_length` the context is cut from the left, so the target always survives.
+    """
+    text = context + target
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    boundary = len(context)
+    first = next((i for i, (s, e) in enumerate(offsets) if e > boundary and e > s), len(ids))
+    if first == 0:  # nothing before the target: prepend a BOS-like token so the first target token has a context
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids, first = [bos] + list(ids), 1
+    if max_length is not None and len(ids) > max_length:
+        n_target = len(ids) - first
+        if n_target >= max_length:
+            raise ValueError(f"Target of {n_target} tokens does not fit in max_length={max_length}.")
+        cut = len(ids) - max_length
+        ids, first = ids[cut:], first - cut
+    return list(ids), first
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring
+def score_targets(model, tokenizer, contexts: Sequence[str], targets: Sequence[str], batch_size: int = 8,
+                  max_length: int | None = None, share_prefix: bool = False, progress: bool = False
+                  ) -> list[list[float]]:
+    """Per-token log P(target_i | context_i) for each pair. No gradient; the model's mode is restored."""
+    if len(contexts) != len(targets):
+        raise ValueError(f"{len(contexts)} contexts but {len(targets)} targets")
+    if max_length is None:
+        max_length = getattr(_causal_lm(model).config, "max_position_embeddings", None)
+    encoded = [encode_pair(tokenizer, c, t, max_length) for c, t in zip(contexts, targets)]
+    return score_encoded(model, encoded, batch_size=batch_size, share_prefix=share_prefix, progress=progress,
+                         pad_id=tokenizer.pad_token_id or 0)
+
+
+def score_encoded(model, encoded: Sequence[tuple[list[int], int]], *, batch_size: int = 8,
+                  share_prefix: bool = False, progress: bool = False, pad_id: int = 0) -> list[list[float]]:
+    """Like `score_targets`, on already-encoded (ids, first_target_index) pairs."""
+    import torch
+
+    results: list[list[float] | None] = [None] * len(encoded)
+    if not encoded:
+        return []
+    with torch.no_grad(), _eval_mode(model):
+        if share_prefix:
+            for idx in _groups_by_prefix(encoded):
+                for i, lp in zip(idx, _score_shared_prefix(model, [encoded[i] for i in idx], batch_size, pad_id)):
+                    results[i] = lp
+        else:
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+            batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+            if progress:
+                from tqdm.auto import tqdm
+
+                batches = tqdm(batches, desc="scoring", leave=False)
+            for batch in batches:
+                for i, lp in zip(batch, _score_batch(model, [encoded[i] for i in batch], pad_id)):
+                    results[i] = lp
+    return results  # type: ignore[return-value]
+
+
+def _score_batch(model, items, pad_id, past=None, prefix_len: int = 0):
+    """One right-padded forward over `items`; the LM head runs only where a target token is predicted."""
+    import torch
+
+    body, head = _body_and_head(model)
+    vocab = head.weight.shape[0]
+    device = head.weight.device
+    seqs = [ids[prefix_len:] for ids, _ in items]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), prefix_len + width), dtype=torch.long)
+    mask[:, :prefix_len] = 1
+    for row, s in enumerate(seqs):
+        input_ids[row, :len(s)] = torch.tensor(s)
+        mask[row, prefix_len:prefix_len + len(s)] = 1
+    position_ids = None
+    if past is not None:
+        position_ids = (torch.arange(width) + prefix_len).unsqueeze(0).expand(len(seqs), -1).to(device)
+    hidden, _ = _hidden_states(model, input_ids.to(device), mask.to(device), past_key_values=past,
+                               position_ids=position_ids)
+    rows, cols, tgt, sizes = [], [], [], []
+    for row, (ids, first) in enumerate(items):
+        # token j (absolute) is predicted by the hidden state at absolute position j-1
+        positions = range(first - 1, len(ids) - 1)
+        rows += [row] * len(positions)
+        cols += [p - prefix_len for p in positions]
+        tgt += ids[first:]
+        sizes.append(len(positions))
+    picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    lps = _target_logprobs(picked, head, torch.tensor(tgt, device=device), vocab).tolist()
+    out, k = [], 0
+    for n in sizes:
+        out.append(lps[k:k + n])
+        k += n
+    return out
+
+
+def _groups_by_prefix(encoded):
+    """Indices grouped by identical first-16-token prefix (the G completions of one prompt)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, (ids, _) in enumerate(encoded):
+        groups[tuple(ids[:16])].append(i)
+    return list(groups.values())
+
+
+def _score_shared_prefix(model, items, batch_size, pad_id):
+    """Score a group whose sequences share a token prefix: the prefix's KV cache is computed once."""
+    import torch
+
+    # Longest common prefix, but leave at least the token before each target un-cached (it is needed).
+    lcp = min(min(len(ids) for ids, _ in items), min(first for _, first in items) - 1)
+    first_ids = items[0][0]
+    for ids, _ in items[1:]:
+        n = 0
+        while n < lcp and ids[n] == first_ids[n]:
+            n += 1
+        lcp = n
+    if lcp < 8 or len(items) == 1:  # nothing worth sharing
+        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+        res: list = [None] * len(items)
+        for s in range(0, len(order), batch_size):
+            b = order[s:s + batch_size]
+            for i, lp in zip(b, _score_batch(model, [items[i] for i in b], pad_id)):
+                res[i] = lp
+        return res
+    device = _body_and_head(model)[1].weight.device
+    prefix = torch.tensor([first_ids[:lcp]], device=device)
+    _, cache = _hidden_states(model, prefix, torch.ones_like(prefix), past_key_values=_new_cache())
+    res = [None] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    for s in range(0, len(order), batch_size):
+        b = order[s:s + batch_size]
+        past = _repeat_cache(cache, len(b))
+        for i, lp in zip(b, _score_batch(model, [items[i] for i in b], pad_id, past=past, prefix_len=lcp)):
+            res[i] = lp
+    return res
+
+
+def _new_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def _repeat_cache(cache, n: int):
+    """A fresh DynamicCache holding `cache`'s keys/values repeated n times along the batch."""
+    from transformers import DynamicCache
+
+    legacy = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
+    return DynamicCache.from_legacy_cache(tuple((k.expand(n, -1, -1, -1).contiguous(),
+                                                 v.expand(n, -1, -1, -1).contiguous()) for k, v in legacy))
+
+
+# ---------------------------------------------------------------------------------------
+# Transforms: token log-probs l_1..l_n of the gold answer -> a scalar reward.
+def _sum(lps, base=None, floor=DEFAULT_FLOOR):
+    return float(sum(lps))
+
+
+def _mean(lps, base=None, floor=DEFAULT_FLOOR):
+    return float(sum(lps) / len(lps)) if lps else 0.0
+
+
+def _prob(lps, base=None, floor=DEFAULT_FLOOR):
+    return math.exp(sum(lps))
+
+
+def _gmean_prob(lps, base=None, floor=DEFAULT_FLOOR):
+    return math.exp(_mean(lps))
+
+
+def _token_prob_mean(lps, base=None, floor=DEFAULT_FLOOR):
+    return float(sum(math.exp(x) for x in lps) / len(lps)) if lps else 0.0
+
+
+def _debiased(lps, base=None, floor=DEFAULT_FLOOR):
+    """log P(a | p, r) - log P(a | p, no reasoning): how much the reasoning helped."""
+    return _sum(lps) - (_sum(base) if base is not None else 0.0)
+
+
+def _clip(lps, base=None, floor=DEFAULT_FLOOR):
+    """Sum log-prob clipped from below at `floor`: hopeless traces all get the same reward."""
+    return max(_sum(lps), floor)
+
+
+TRANSFORMS: dict[str, Callable] = {
+    "sum": _sum,
+    "mean": _mean,
+    "prob": _prob,
+    "gmean_prob": _gmean_prob,
+    "token_prob_mean": _token_prob_mean,
+    "debiased": _debiased,
+    "clip": _clip,
+}
+
+
+def apply_transform(name: str, lps: Sequence[float], base: Sequence[float] | None = None,
+                    floor: float = DEFAULT_FLOOR) -> float:
+    if name not in TRANSFORMS:
+        from .config import ConfigError
+
+        raise ConfigError(f"Unknown transform {name!r}. Choose one of {list(TRANSFORMS)}.")
+    value = TRANSFORMS[name](list(lps), base, floor)
+    return value if math.isfinite(value) else floor
+
+
+# ---------------------------------------------------------------------------------------
+# The TRL reward function
+def prompt_text(tokenizer, prompt) -> str:
+    """The chat-templated prompt exactly as TRL renders it for generation."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def gold_context_target(prompt_str: str, completion: str, gold: str, *, answer_open: str = ANSWER_OPEN + "\n",
+                        target_template: str = "{gold}\n" + ANSWER_CLOSE) -> tuple[str, str, bool]:
+    """(context, target, had_answer_tag): the model's own answer is dropped and replaced by the gold one."""
+    reasoning, tagged = split_reasoning(completion)
+    return prompt_str + reasoning + answer_open, target_template.format(gold=gold), tagged
+
+
+class RewardStats:
+    """Accumulates what the logprob reward computed between two logging steps."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.values: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, **kv: float) -> None:
+        for k, v in kv.items():
+            self.values[k].append(float(v))
+
+    def flush(self) -> dict[str, float]:
+        out = {f"{self.prefix}/{k}": sum(v) / len(v) for k, v in self.values.items() if v}
+        self.values.clear()
+        return out
+
+
+def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "policy", *,
+                   floor: float = DEFAULT_FLOOR, no_tag: str | float = "score", batch_size: int = 8,
+                   share_prefix: bool = True, max_length: int | None = None,
+                   target_template: str = "{gold}\n" + ANSWER_CLOSE, name: str | None = None):
+    """A TRL reward function: transform(log P(gold | prompt, own reasoning)), reading the `answer` column.
+
+    scorer:  "policy" (the model being trained, adapter on) or "reference" (adapter disabled: the frozen base).
+    no_tag:  "score" (default): a completion without <answer> is scored after its whole text plus the tag;
+             a float: such completions get that constant reward instead.
+    The function's `.stats` (RewardStats) collects raw log-prob, transformed value and the tagless count;
+    pass `.stats.flush` as `extra_metrics` to `train_grpo` to log them to metrics.csv each step.
+    """
+    if transform not in TRANSFORMS:
+        from .config import ConfigError
+
+        raise ConfigError(f"Unknown transform {transform!r}. Choose one of {list(TRANSFORMS)}.")
+    if scorer not in ("policy", "reference"):
+        from .config import ConfigError
+
+        raise ConfigError(f"Unknown scorer {scorer!r}. Choose 'policy' or 'reference'.")
+    stats = RewardStats(name or f"logprob_{transform}")
+
+    def scope():
+        if scorer == "reference" and hasattr(model, "disable_adapter"):
+            return model.disable_adapter()
+        return nullcontext()
+
+    def reward(prompts=None, completions=(), answer=(), **kwargs) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        golds = [str(a) for a in (answer or [])]
+        golds = (golds + [""] * len(texts))[: len(texts)]
+        prompts_ = list(prompts) if prompts is not None else [""] * len(texts)
+        pstr = [prompt_text(tokenizer, p) for p in prompts_]
+        triples = [gold_context_target(p, t, g, target_template=target_template) for p, t, g in zip(pstr, texts, golds)]
+        to_score = [i for i, (_, _, tagged) in enumerate(triples) if tagged or no_tag == "score"]
+        contexts = [triples[i][0] for i in to_score]
+        targets = [triples[i][1] for i in to_score]
+        if transform == "debiased":  # one extra sequence per distinct prompt: the gold with no reasoning
+            uniq = sorted({pstr[i] for i in to_score})
+            base_of = {}
+            base_lps = _safe_score(model, tokenizer, [p + ANSWER_OPEN + "\n" for p in uniq],
+                                   [target_template.format(gold=golds[pstr.index(p)]) for p in uniq],
+                                   batch_size, max_length, share_prefix, scope)
+            base_of = dict(zip(uniq, base_lps))
+        scored = _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope)
+        out = [float(no_tag) if no_tag != "score" else floor] * len(texts)
+        raw = []
+        for i, lps in zip(to_score, scored):
+            if lps is None:  # scoring failed for this one (e.g. target longer than the context window)
+                out[i] = floor
+                continue
+            base = base_of.get(pstr[i]) if transform == "debiased" else None
+            out[i] = apply_transform(transform, lps, base, floor)
+            raw.append(sum(lps))
+        n_tagless = sum(not tagged for _, _, tagged in triples)
+        stats.add(raw_logprob=sum(raw) / len(raw) if raw else float("nan"),
+                  reward=sum(out) / len(out) if out else 0.0,
+                  tagless=n_tagless, tagless_frac=n_tagless / max(1, len(texts)))
+        return out
+
+    reward.__name__ = name or f"logprob_{transform}_reward"
+    reward.stats = stats
+    reward.transform, reward.scorer = transform, scorer
+    return reward
+
+
+def _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope):
+    """score_targets that never raises mid-training: a pair that cannot be scored gets None."""
+    if not contexts:
+        return []
+    with scope():
+        try:
+            return score_targets(model, tokenizer, contexts, targets, batch_size=batch_size, max_length=max_length,
+                                 share_prefix=share_prefix)
+        except ValueError:
+            out = []
+            for c, t in zip(contexts, targets):
+                try:
+                    out.append(score_targets(model, tokenizer, [c], [t], batch_size=1, max_length=max_length)[0])
+                except ValueError:
+                    out.append(None)
+            return out
+
+
+def gold_perplexity(model, tokenizer, prompts, completions, golds, batch_size: int = 8) -> list[float]:
+    """exp(-mean log P(gold token | prompt, own reasoning)) per completion: lower is better."""
+    pstr = [prompt_text(tokenizer, p) for p in prompts]
+    pairs = [gold_context_target(p, completion_text(c), g) for p, c, g in zip(pstr, completions, golds)]
+    lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs], batch_size=batch_size,
+                        share_prefix=True)
+    return [math.exp(-_mean(x)) for x in lps]

@@ -1,0 +1,271 @@
+"""Static contract check of the Unsloth / vLLM APIs the Colab notebooks call.
+
+The GPU packages cannot be installed on a CPU machine, so this test downloads the
+wheels pinned in requirements-colab.txt (``pip download --no-deps``, cached in
+~/.cache/logprob-curriculum/wheels) and reads their sources with ``ast``. Nothing
+from these wheels is ever imported.
+
+CONTRACT lists (module path inside the wheel, qualified name, keyword arguments we pass).
+The wheel is chosen by the first path component (``unsloth/...`` -> the pinned unsloth
+wheel). A method missing from a class is looked up in its base classes, found by name
+anywhere in the same wheel. For a class without ``__init__`` (vLLM's SamplingParams is
+a msgspec.Struct) the annotated class fields are its keyword arguments. A keyword is
+accepted only when it is a named parameter: ``**kwargs`` does not count, because
+Unsloth forwards unknown keywords to other functions that may not accept them.
+
+MODEL_ATTRIBUTES lists attributes Unsloth sets on the model at load time
+(``model.fast_generate = ...``); they are checked as attribute assignments.
+
+Skipped only when the package registry cannot be reached and the wheels are not cached.
+Run with ``pytest -s`` to see the real signatures.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+CONTRACT: list[tuple[str, str, list[str]]] = [
+    ("unsloth/models/loader.py", "FastLanguageModel.from_pretrained",
+     ["model_name", "max_seq_length", "load_in_4bit", "fast_inference",
+      "max_lora_rank", "gpu_memory_utilization", "dtype"]),
+    ("unsloth/models/loader.py", "FastLanguageModel.get_peft_model",
+     ["model", "r", "target_modules", "lora_alpha", "use_gradient_checkpointing", "random_state"]),
+    # model.save_lora / model.load_lora are functools.partial(<these>, model).
+    ("unsloth_zoo/vllm_utils.py", "save_lora", ["model", "save_directory"]),
+    ("unsloth_zoo/vllm_utils.py", "load_lora", ["model", "save_directory", "load_tensors"]),
+    ("vllm/sampling_params.py", "SamplingParams", ["temperature", "top_p", "max_tokens", "n", "stop"]),
+    # With fast_inference=True, model.fast_generate is vLLM's LLM.generate.
+    ("vllm/entrypoints/llm.py", "LLM.generate", ["sampling_params", "lora_request", "use_tqdm"]),
+]
+
+MODEL_ATTRIBUTES: list[tuple[str, str]] = [
+    ("unsloth/models/llama.py", "fast_generate"),
+    ("unsloth/models/llama.py", "save_lora"),
+    ("unsloth/models/llama.py", "load_lora"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+COLAB_REQUIREMENTS = ROOT / "requirements-colab.txt"
+WHEEL_CACHE = Path.home() / ".cache" / "logprob-curriculum" / "wheels"
+
+# Top-level package inside a wheel -> project name in requirements-colab.txt.
+PROJECT_OF_PACKAGE = {"unsloth": "unsloth", "unsloth_zoo": "unsloth-zoo", "vllm": "vllm"}
+
+# Same target as tests/test_colab_requirements.py: Colab's CPython 3.12 on manylinux x86_64.
+TARGET_ARGS = ["--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
+               "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+               "--platform", "manylinux2014_x86_64", "--platform", "manylinux1_x86_64",
+               "--platform", "any"]
+DOWNLOAD_TIMEOUT_S = 900
+
+NETWORK_ERROR_MARKERS = (
+    "NewConnectionError", "Failed to establish a new connection", "Max retries exceeded",
+    "Temporary failure in name resolution", "Name or service not known", "Network is unreachable",
+    "No route to host", "Connection refused", "ConnectTimeoutError", "ProxyError", "Could not fetch URL",
+)
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def colab_pins() -> dict[str, str]:
+    pins = {}
+    for raw in COLAB_REQUIREMENTS.read_text(encoding="utf-8").splitlines():
+        text = raw.split("#", 1)[0].strip()
+        if "==" in text:
+            name, version = text.split("==", 1)
+            pins[normalize(name)] = version.strip()
+    return pins
+
+
+def pip_env() -> dict[str, str]:
+    """The machine's index, without local pip config files, constraints or find-links."""
+    env = dict(os.environ)
+    env["PIP_CONFIG_FILE"] = os.devnull
+    for key in ("PIP_CONSTRAINT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX",
+                "PIP_REQUIREMENT", "PIP_REQUIRE_VIRTUALENV"):
+        env.pop(key, None)
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PIP_NO_INPUT"] = "1"
+    return env
+
+
+def cached_wheel(project: str, version: str) -> Path | None:
+    stem = re.sub(r"[-_.]+", "_", project).lower()
+    for path in sorted(WHEEL_CACHE.glob("*.whl")):
+        name, _, rest = path.name.partition("-")
+        if re.sub(r"[-_.]+", "_", name).lower() == stem and rest.startswith(f"{version}-"):
+            return path
+    return None
+
+
+@lru_cache(maxsize=None)
+def wheel_for(package: str) -> Path:
+    """The pinned wheel holding top-level `package`, downloaded once into WHEEL_CACHE."""
+    project = PROJECT_OF_PACKAGE[package]
+    version = colab_pins().get(project)
+    assert version, f"{project} is not pinned in {COLAB_REQUIREMENTS.name}"
+    found = cached_wheel(project, version)
+    if found:
+        return found
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=WHEEL_CACHE) as dest:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               *TARGET_ARGS, "--progress-bar", "off", "--dest", dest, f"{project}=={version}"]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, env=pip_env(),
+                                    timeout=DOWNLOAD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"downloading {project}=={version} took more than {DOWNLOAD_TIMEOUT_S}s")
+        output = result.stdout + result.stderr
+        if result.returncode != 0:
+            last = "\n".join(output.strip().splitlines()[-15:])
+            if any(marker in output for marker in NETWORK_ERROR_MARKERS):
+                pytest.skip(f"package registry unreachable, {project}=={version} not cached:\n{last}")
+            pytest.fail(f"pip download {project}=={version} failed:\n{last}")
+        wheels = list(Path(dest).glob("*.whl"))
+        assert len(wheels) == 1, f"expected one wheel for {project}=={version}, got {wheels}"
+        final = WHEEL_CACHE / wheels[0].name
+        shutil.move(str(wheels[0]), final)
+    return final
+
+
+@lru_cache(maxsize=None)
+def parsed(package: str, module_path: str) -> ast.Module:
+    with zipfile.ZipFile(wheel_for(package)) as wheel:
+        return ast.parse(wheel.read(module_path).decode("utf-8"), filename=module_path)
+
+
+@lru_cache(maxsize=None)
+def classes_in_wheel(package: str) -> dict[str, list[tuple[str, ast.ClassDef]]]:
+    """Class name -> [(module path, ClassDef)] for every module of the wheel's package."""
+    index: dict[str, list[tuple[str, ast.ClassDef]]] = {}
+    with zipfile.ZipFile(wheel_for(package)) as wheel:
+        names = [n for n in wheel.namelist() if n.startswith(f"{package}/") and n.endswith(".py")]
+    for name in names:
+        try:
+            tree = parsed(package, name)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                index.setdefault(node.name, []).append((name, node))
+    return index
+
+
+def is_overload(node: ast.AST) -> bool:
+    return any((isinstance(d, ast.Name) and d.id == "overload")
+               or (isinstance(d, ast.Attribute) and d.attr == "overload")
+               for d in getattr(node, "decorator_list", []))
+
+
+def member(body: list[ast.stmt], name: str) -> ast.AST | None:
+    """The last definition of `name` in a body, preferring non-@overload functions."""
+    found = [n for n in body
+             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == name]
+    real = [n for n in found if not is_overload(n)]
+    return (real or found or [None])[-1]
+
+
+def base_names(cls: ast.ClassDef) -> list[str]:
+    names = []
+    for base in cls.bases:
+        if isinstance(base, ast.Name):
+            names.append(base.id)
+        elif isinstance(base, ast.Attribute):
+            names.append(base.attr)
+    return names
+
+
+def method_of(package: str, module_path: str, cls: ast.ClassDef, name: str,
+              seen: frozenset = frozenset()) -> tuple[str, str, ast.AST] | None:
+    """(module path, owner class, def) of `name` on `cls`, following base classes by name."""
+    node = member(cls.body, name)
+    if node is not None:
+        return module_path, cls.name, node
+    for base in base_names(cls):
+        if base in seen:
+            continue
+        for base_path, base_cls in classes_in_wheel(package).get(base, []):
+            hit = method_of(package, base_path, base_cls, name, seen | {cls.name})
+            if hit:
+                return hit
+    return None
+
+
+def resolve(module_path: str, qualname: str) -> tuple[str, str, ast.AST]:
+    package = module_path.split("/", 1)[0]
+    tree = parsed(package, module_path)
+    head, *rest = qualname.split(".")
+    node = member(tree.body, head)
+    assert node is not None, f"{head} is not defined at top level of {module_path}"
+    if not rest:
+        return module_path, head, node
+    assert len(rest) == 1 and isinstance(node, ast.ClassDef), f"cannot resolve {qualname}"
+    hit = method_of(package, module_path, node, rest[0])
+    assert hit is not None, f"{qualname} not found in {module_path} or its base classes"
+    where, owner, found = hit
+    return where, f"{owner}.{rest[0]}", found
+
+
+def accepted_keywords(node: ast.AST) -> tuple[list[str], bool, str]:
+    """(keyword-capable parameter names, has **kwargs, one-line signature)."""
+    if isinstance(node, ast.ClassDef):
+        init = member(node.body, "__init__")
+        if init is None:  # dataclass / msgspec.Struct style: annotated fields
+            fields = [n.target.id for n in node.body
+                      if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+                      and not n.target.id.startswith("_")]
+            return fields, False, f"class {node.name}(...): fields " + ", ".join(fields)
+        node = init
+    assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    args = node.args
+    names = [a.arg for a in args.args] + [a.arg for a in args.kwonlyargs]
+    stub = copy.copy(node)
+    stub.body = [ast.Expr(ast.Constant(...))]
+    stub.decorator_list = []
+    signature = ast.unparse(stub).splitlines()[0]
+    return names, args.kwarg is not None, signature
+
+
+@pytest.mark.parametrize(("module_path", "qualname", "kwargs"), CONTRACT,
+                         ids=[f"{m.split('/')[0]}:{q}" for m, q, _ in CONTRACT])
+def test_contract_call_accepts_keywords(module_path, qualname, kwargs):
+    where, owner, node = resolve(module_path, qualname)
+    names, has_var_kw, signature = accepted_keywords(node)
+    package = module_path.split("/", 1)[0]
+    print(f"\n[{wheel_for(package).name}] {where}: {owner}\n    {signature}")
+    missing = [k for k in kwargs if k not in names]
+    assert not missing, (
+        f"{qualname} ({where}) has no named parameter(s) {missing}"
+        f"{' (it takes **kwargs, which may forward or drop them)' if has_var_kw else ''}.\n"
+        f"Signature: {signature}"
+    )
+
+
+@pytest.mark.parametrize(("module_path", "attribute"), MODEL_ATTRIBUTES,
+                         ids=[a for _, a in MODEL_ATTRIBUTES])
+def test_model_attribute_is_assigned(module_path, attribute):
+    package = module_path.split("/", 1)[0]
+    tree = parsed(package, module_path)
+    assignments = [
+        node for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Attribute) and t.attr == attribute for t in node.targets)
+    ]
+    assert assignments, f"no `<obj>.{attribute} = ...` assignment in {module_path}"
+    for node in assignments:
+        print(f"\n{module_path}:{node.lineno}: {ast.unparse(node)}")

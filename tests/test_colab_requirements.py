@@ -1,0 +1,268 @@
+"""Checks on requirements-colab.txt, the pinned Google Colab GPU stack.
+
+1. Every requirement line is ``name==version``; vLLM and torch carry the pins vLLM needs.
+2. trl / transformers / peft (and every other package pinned in both files, torch
+   excepted) have the same pins as requirements-cpu.txt.
+3. pip's resolver accepts the whole set for Colab's platform (CPython 3.12,
+   manylinux x86_64, wheels only), in dry-run mode: nothing is installed.
+
+Test 3 needs the package registry. It is skipped only when the registry cannot be
+reached; any other resolver failure fails the test with the tail of pip's output.
+Run with ``pytest -s`` to see how many packages were resolved and how long it took.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COLAB_REQUIREMENTS = ROOT / "requirements-colab.txt"
+CPU_REQUIREMENTS = ROOT / "requirements-cpu.txt"
+
+# Pins that the rest of the Colab stack depends on (vllm 0.8.5.post1 requires torch==2.6.0).
+REQUIRED_PINS = {"vllm": "0.8.5.post1", "torch": "2.6.0"}
+
+# Packages the Colab file must pin (any version).
+REQUIRED_PACKAGES = (
+    "vllm", "torch", "torchvision", "torchaudio", "xformers",
+    "unsloth", "unsloth-zoo", "trl", "transformers", "peft",
+    "bitsandbytes", "accelerate", "datasets", "math-verify",
+    "gguf", "matplotlib", "pandas", "ipywidgets", "nbmake", "tqdm",
+)
+
+# These must be pinned with == in both files, to the same version.
+MUST_MATCH_CPU = ("trl", "transformers", "peft")
+# Pinned in both files on purpose with different versions (CPU build vs CUDA build).
+MAY_DIFFER_FROM_CPU = frozenset({"torch", "torchvision", "torchaudio"})
+
+# Colab: CPython 3.12 on Ubuntu 22.04 (glibc 2.35), x86_64.
+TARGET_PYTHON = "3.12"
+TARGET_ABI = "cp312"
+# pip does not expand a manylinux_2_28 platform to older glibc tags by itself, so
+# every compatible manylinux tag is listed (bitsandbytes ships manylinux_2_24 only).
+TARGET_PLATFORMS = (
+    [f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)]
+    + ["manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64",
+       "manylinux_2_5_x86_64", "manylinux1_x86_64", "linux_x86_64", "any"]
+)
+
+RESOLVE_TIMEOUT_S = 900
+PROBE_TIMEOUT_S = 120
+# A small pure-Python wheel from the pinned set, used to tell "registry unreachable"
+# apart from a real resolution failure.
+PROBE_REQUIREMENT = "math-verify==0.7.0"
+
+# Text that pip prints when it cannot reach the index.
+NETWORK_ERROR_MARKERS = (
+    "NewConnectionError",
+    "Failed to establish a new connection",
+    "Max retries exceeded",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Network is unreachable",
+    "No route to host",
+    "Connection refused",
+    "ConnectTimeoutError",
+    "ProxyError",
+    "Could not fetch URL",
+)
+
+PIN_LINE = re.compile(r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[A-Za-z0-9][A-Za-z0-9.+!_-]*)$")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalized project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line, comments stripped."""
+    lines = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = raw.split("#", 1)[0].strip()
+        if text:
+            lines.append((number, text))
+    return lines
+
+
+def strict_pins(path: Path) -> tuple[dict[str, str], list[str]]:
+    """Pins of a file whose every requirement must be ``name==version``.
+
+    Returns (normalized name -> version, list of offending lines).
+    """
+    pins: dict[str, str] = {}
+    bad: list[str] = []
+    for number, text in requirement_lines(path):
+        match = PIN_LINE.match(text)
+        if match is None:
+            bad.append(f"{path.name}:{number}: {text!r}")
+            continue
+        name = normalize(match["name"])
+        if name in pins:
+            bad.append(f"{path.name}:{number}: {name} pinned twice")
+        pins[name] = match["version"]
+    return pins, bad
+
+
+def loose_pins(path: Path) -> dict[str, str]:
+    """Packages pinned with == in an ordinary requirements file (others are ignored)."""
+    pins: dict[str, str] = {}
+    for _, text in requirement_lines(path):
+        if text.startswith("-"):  # pip options such as --index-url or -r
+            continue
+        spec = text.split(";", 1)[0].strip()  # drop environment markers
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s,]+)$", spec)
+        if match:
+            pins[normalize(match[1])] = match[3]
+    return pins
+
+
+# --------------------------------------------------------------------------- 1. format
+
+
+def test_colab_requirements_are_all_exact_pins():
+    pins, bad = strict_pins(COLAB_REQUIREMENTS)
+    assert not bad, "every requirement line must be name==version:\n" + "\n".join(bad)
+    assert pins, "requirements-colab.txt pins nothing"
+    for name, version in REQUIRED_PINS.items():
+        assert pins.get(name) == version, f"expected {name}=={version}, found {pins.get(name)}"
+    missing = [name for name in REQUIRED_PACKAGES if normalize(name) not in pins]
+    assert not missing, f"requirements-colab.txt does not pin: {missing}"
+
+
+# --------------------------------------------------------------------------- 2. same as CPU
+
+
+def test_trl_transformers_peft_pins_match_cpu_requirements():
+    assert CPU_REQUIREMENTS.exists(), f"{CPU_REQUIREMENTS} is missing"
+    colab, _ = strict_pins(COLAB_REQUIREMENTS)
+    cpu = loose_pins(CPU_REQUIREMENTS)
+    for name in MUST_MATCH_CPU:
+        assert name in colab, f"{name} is not pinned in requirements-colab.txt"
+        assert name in cpu, f"{name} is not pinned with == in requirements-cpu.txt"
+        assert colab[name] == cpu[name], (
+            f"{name}: requirements-colab.txt pins {colab[name]}, requirements-cpu.txt pins {cpu[name]}"
+        )
+
+
+def test_packages_pinned_in_both_files_agree():
+    colab, _ = strict_pins(COLAB_REQUIREMENTS)
+    cpu = loose_pins(CPU_REQUIREMENTS)
+    differing = {
+        name: (colab[name], cpu[name])
+        for name in sorted(colab.keys() & cpu.keys())
+        if name not in MAY_DIFFER_FROM_CPU and colab[name] != cpu[name]
+    }
+    assert not differing, f"pins differ between Colab and CPU (colab, cpu): {differing}"
+
+
+# --------------------------------------------------------------------------- 3. resolver
+
+
+def pip_env() -> dict[str, str]:
+    """Environment for pip: the machine's index, but no local config files or constraints.
+
+    A pip config file may carry a constraint file or local find-links meant for this
+    machine's own venv; they must not decide what resolves for Colab.
+    """
+    env = dict(os.environ)
+    env["PIP_CONFIG_FILE"] = os.devnull
+    for key in ("PIP_CONSTRAINT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX",
+                "PIP_REQUIREMENT", "PIP_TARGET", "PIP_PREFIX", "PIP_USER", "PIP_REQUIRE_VIRTUALENV"):
+        env.pop(key, None)
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PIP_NO_INPUT"] = "1"
+    return env
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def looks_like_network_failure(output: str) -> bool:
+    return any(marker in output for marker in NETWORK_ERROR_MARKERS)
+
+
+@functools.lru_cache(maxsize=None)
+def registry_unreachable() -> str | None:
+    """A reason string when the package registry cannot be reached, else None."""
+    with tempfile.TemporaryDirectory() as dest:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+               "--only-binary=:all:", "--timeout", "15", "--retries", "1",
+               "--dest", dest, "--quiet", PROBE_REQUIREMENT]
+        try:
+            probe = subprocess.run(cmd, capture_output=True, text=True, env=pip_env(),
+                                   timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return f"`pip download {PROBE_REQUIREMENT}` did not finish in {PROBE_TIMEOUT_S}s"
+    output = probe.stdout + probe.stderr
+    if probe.returncode != 0 and (looks_like_network_failure(output) or "from versions: none" in output):
+        return f"package registry unreachable:\n{tail(output, 8)}"
+    return None
+
+
+def resolver_command(requirements: Path, target: str) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "pip", "install",
+        "--dry-run", "--ignore-installed",
+        # pip < 23.3 refuses --platform/--abi for `install` without --target, even
+        # with --dry-run; nothing is written there.
+        "--target", target,
+        "--only-binary=:all:",
+        "--python-version", TARGET_PYTHON,
+        "--implementation", "cp",
+        "--abi", TARGET_ABI,
+    ]
+    for platform in TARGET_PLATFORMS:
+        cmd += ["--platform", platform]
+    cmd += ["--quiet", "--report", "-", "-r", str(requirements)]
+    return cmd
+
+
+def test_colab_requirements_resolve_for_colab_platform():
+    reason = registry_unreachable()
+    if reason:
+        pytest.skip(reason)
+
+    with tempfile.TemporaryDirectory() as target:
+        cmd = resolver_command(COLAB_REQUIREMENTS, target)
+        started = time.monotonic()
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, env=pip_env(),
+                                    timeout=RESOLVE_TIMEOUT_S)
+        except subprocess.TimeoutExpired as error:
+            stderr = error.stderr.decode() if isinstance(error.stderr, bytes) else (error.stderr or "")
+            pytest.fail(f"pip's resolver did not finish in {RESOLVE_TIMEOUT_S}s:\n{tail(stderr)}")
+        elapsed = time.monotonic() - started
+
+    if result.returncode != 0:
+        if looks_like_network_failure(result.stderr) and registry_unreachable.__wrapped__():
+            pytest.skip(f"package registry became unreachable during resolution:\n{tail(result.stderr, 8)}")
+        pytest.fail(
+            f"pip could not resolve {COLAB_REQUIREMENTS.name} for CPython {TARGET_PYTHON} "
+            f"manylinux x86_64 (exit {result.returncode}, {elapsed:.0f}s):\n{tail(result.stderr)}"
+        )
+
+    report = json.loads(result.stdout)
+    resolved = {normalize(item["metadata"]["name"]): item["metadata"]["version"]
+                for item in report["install"]}
+    print(f"\npip resolved {len(resolved)} packages for {COLAB_REQUIREMENTS.name} "
+          f"(CPython {TARGET_PYTHON}, manylinux x86_64, wheels only) in {elapsed:.1f}s")
+
+    pins, _ = strict_pins(COLAB_REQUIREMENTS)
+    wrong = {name: (version, resolved.get(name)) for name, version in pins.items()
+             if resolved.get(name) != version}
+    assert not wrong, f"resolved versions differ from pins (pinned, resolved): {wrong}"
+    not_wheels = [item["download_info"]["url"] for item in report["install"]
+                  if not item["download_info"]["url"].endswith(".whl")]
+    assert not not_wheels, f"resolver picked non-wheel files: {not_wheels}"

