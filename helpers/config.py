@@ -132,7 +132,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # A real short run on a 2-core laptop with SmolLM2-135M (about 25 min on 2 cores, measured: README).
     "cpu": dict(
         max_steps=30, num_generations=4, per_device_batch=4, max_prompt_length=256,
-        max_completion_length=96, train_size=400, eval_size=30, eval_max_new_tokens=128,
+        max_completion_length=128, train_size=400, eval_size=30, eval_max_new_tokens=160,
         eval_batch_size=15, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
         lora_r=16, lora_alpha=32, learning_rate=2e-5, temperature=1.0,
     ),

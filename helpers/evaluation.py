@@ -95,6 +95,10 @@ def evaluate(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, backend:
         model, tokenizer, prompts, max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
         temperature=temperature, backend=backend, lora_path=lora_path, seed=cfg.seed, desc=f"eval {label}".strip())]
     df = score_completions(completions, golds, tokenizer)
+    from .logprob import gold_perplexity  # how likely the model finds the gold answer after its own reasoning
+
+    df["gold_ppl"] = gold_perplexity(model, tokenizer, [make_prompt(q) for q in questions], completions, golds,
+                                     batch_size=cfg.eval_batch_size)
     df.insert(0, "question", questions)
     df.insert(1, "gold", golds)
     df.insert(2, "completion", completions)
@@ -110,6 +114,7 @@ def summarize(df, label: str = "") -> dict:
         "lenient_accuracy": float(df["lenient_correct"].mean()),
         "format_rate": float(df["format_ok"].mean()),
         "mean_length_tokens": float(df["length_tokens"].mean()),
+        **({"gold_ppl_median": float(df["gold_ppl"].median())} if "gold_ppl" in df else {}),
     }
 
 
@@ -141,3 +146,105 @@ def side_by_side(before, after, n: int = 3):
         "before": before["completion"].head(n), "after": after["completion"].head(n),
         "before_correct": before["strict_correct"].head(n), "after_correct": after["strict_correct"].head(n),
     })
+
+
+# ---------------------------------------------------------------------------------------
+# Diagnostics for the logprob reward (notebook 02)
+def sample_groups(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, n: int, backend: str = "hf",
+                  temperature: float = 1.0, max_new_tokens: int | None = None, lora_path=None):
+    """n sampled completions per question, labelled by strict and lenient correctness (long DataFrame)."""
+    import pandas as pd
+
+    questions = [r["question"] for r in rows]
+    golds = [extract_gold(r["answer"]) for r in rows]
+    samples = generate(model, tokenizer, chat_prompts(tokenizer, questions),
+                       max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                       temperature=temperature, n=n, backend=backend, lora_path=lora_path, seed=cfg.seed,
+                       desc=f"sample {n}/question")
+    recs = []
+    for qi, (q, g, comps) in enumerate(zip(questions, golds, samples)):
+        for si, c in enumerate(comps):
+            recs.append({"q": qi, "sample": si, "question": q, "gold": g, "completion": c,
+                         "own_answer": extract_answer(c),
+                         "strict_correct": answers_match(extract_answer(c), g),
+                         "lenient_correct": answers_match(extract_last_number(c), g)})
+    return pd.DataFrame(recs)
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties count half); NaN when a class is empty."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def add_logprob_scores(model, tokenizer, samples, transforms: Sequence[str] = ("sum", "mean"), batch_size: int = 8):
+    """Add the logprob reward of each sample (gold given its own reasoning) under each transform, in place."""
+    from .logprob import apply_transform, gold_context_target, prompt_text, score_targets
+
+    pairs = [gold_context_target(prompt_text(tokenizer, make_prompt(q)), c, g)
+             for q, c, g in zip(samples["question"], samples["completion"], samples["gold"])]
+    lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs],
+                        batch_size=batch_size, share_prefix=True)
+    for name in transforms:
+        samples[f"logprob_{name}"] = [apply_transform(name, x) for x in lps]
+    return samples
+
+
+def reward_auroc(samples, transforms: Sequence[str] = ("sum", "mean")) -> dict:
+    """How well each logprob transform separates correct from incorrect samples (strict, else lenient labels)."""
+    label = "strict_correct" if 0 < samples["strict_correct"].sum() < len(samples) else "lenient_correct"
+    out = {"labels": label, "positives": int(samples[label].sum()), "samples": len(samples)}
+    for name in transforms:
+        out[f"auroc_{name}"] = auroc(list(samples[f"logprob_{name}"]), list(samples[label]))
+    return out
+
+
+def trace_probe(model, tokenizer, question: str, completion: str, gold: str) -> list[tuple[int, float]]:
+    """log P(gold | prompt, first k lines of the reasoning) for k = 0..K: where does the answer become likely?"""
+    from .data import split_reasoning
+    from .logprob import gold_context_target, prompt_text, score_targets
+
+    reasoning, _ = split_reasoning(completion)
+    lines = reasoning.split("\n")
+    p = prompt_text(tokenizer, make_prompt(question))
+    prefixes = ["\n".join(lines[:k]) + ("\n" if k else "") for k in range(len(lines) + 1)]
+    pairs = [gold_context_target(p, pre, gold) for pre in prefixes]
+    lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs], share_prefix=True)
+    return [(k, sum(x)) for k, x in enumerate(lps)]
+
+
+def best_of_n(model, tokenizer, samples, batch_size: int = 8) -> dict:
+    """Accuracy when picking one of N samples by: the first sample, majority vote over answers, and the
+    model's confidence in its *own* answer (mean token log-prob of that answer given its own reasoning)."""
+    from collections import Counter
+
+    from .logprob import apply_transform, gold_context_target, prompt_text, score_targets
+
+    has = samples["own_answer"].map(lambda a: isinstance(a, str) and 0 < len(a) <= 200)
+    conf = [float("-inf")] * len(samples)
+    idx = [i for i, ok in enumerate(has) if ok]
+    if idx:
+        sub = samples.iloc[idx]
+        pairs = [gold_context_target(prompt_text(tokenizer, make_prompt(q)), c, a)
+                 for q, c, a in zip(sub["question"], sub["completion"], sub["own_answer"])]
+        lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs],
+                            batch_size=batch_size, share_prefix=True)
+        for i, x in zip(idx, lps):
+            conf[i] = apply_transform("mean", x)
+    samples = samples.assign(confidence=conf)
+    picks = {"first sample": [], "majority vote": [], "own-answer confidence": []}
+    for _, g in samples.groupby("q"):
+        picks["first sample"].append(bool(g.iloc[0]["strict_correct"]))
+        answers = [a for a in g["own_answer"] if isinstance(a, str) and a]
+        if answers:
+            top = Counter(answers).most_common(1)[0][0]
+            picks["majority vote"].append(bool(g[g["own_answer"] == top].iloc[0]["strict_correct"]))
+        else:
+            picks["majority vote"].append(False)
+        picks["own-answer confidence"].append(bool(g.loc[g["confidence"].idxmax()]["strict_correct"]))
+    return {k: sum(v) / len(v) for k, v in picks.items()} | {"questions": samples["q"].nunique(),
+                                                             "n": int(samples.groupby("q").size().iloc[0])}

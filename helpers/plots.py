@@ -158,3 +158,19 @@ def sample_browser(df, columns: Sequence[str] | None = None, title: str = "sampl
     box = widgets.VBox([slider, out])
     display(box)
     return box
+
+
+def trace_probe(curves: dict[str, Sequence[tuple[int, float]]], label: str, save_to: Sequence[str | Path] = ()):
+    """log P(gold | prompt, first k reasoning lines) against k, one line per trace."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, pts in curves.items():
+        ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", ms=3, label=name)
+    ax.set_xlabel("reasoning lines given (k)")
+    ax.set_ylabel("log P(gold answer | prompt, k lines)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(label, fontsize=10)
+    fig.tight_layout()
+    _save(fig, save_to)
+    return fig

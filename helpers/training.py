@@ -246,39 +246,66 @@ def save_lora(model, tokenizer, path: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------------------
 # Cold start SFT
-def cold_start_sft(cfg: RunConfig, model, tokenizer, train_rows: Sequence[dict], run_dir: str | Path) -> dict:
+def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], run_dir: str | Path,
+                   backend: str = "hf"):
     """Supervised warm-up on tagged gold solutions (TRL SFTTrainer, loss on the answer turn only).
 
+    Returns (model, info). On the hf backend the SFT adapter is then merged into the base weights and a
+    fresh LoRA is put on top, so the SFT model is both GRPO's starting policy and its KL reference (the
+    reference is "adapter disabled"), as in DeepSeek-R1; otherwise the KL term would pull the policy back
+    to the untagged base model. Solutions are kept short enough to fit in max_completion_length.
     Skipped when cfg.sft_steps == 0; on re-run the saved adapter is loaded instead of training again.
     """
     run_dir = Path(run_dir)
     out = run_dir / "sft_lora"
     if cfg.sft_steps == 0:
-        return {"sft": "off"}
+        return model, {"sft": "off"}
     if (out / "adapter_model.safetensors").exists():
         load_adapter_weights(model, out)
+        info = {"sft": "loaded", "steps": cfg.sft_steps, "path": str(out)}
         print(f"[sft] found {out}: loaded it, not training again.")
-        return {"sft": "loaded", "path": str(out)}
-    from trl import SFTConfig, SFTTrainer
+    else:
+        from trl import SFTConfig, SFTTrainer
 
-    from .data import sft_dataset
+        from .data import format_solution, sft_dataset
 
-    precision = resolve_precision(cfg.precision)
-    n = min(len(train_rows), cfg.sft_steps * cfg.sft_batch)
-    args = SFTConfig(
-        output_dir=str(run_dir / "sft_checkpoints"), max_steps=cfg.sft_steps, per_device_train_batch_size=cfg.sft_batch,
-        learning_rate=cfg.sft_learning_rate, lr_scheduler_type="cosine", warmup_ratio=0.1, logging_steps=1,
-        save_strategy="no", report_to=cfg.report_to, seed=cfg.seed, bf16=precision == "bf16",
-        fp16=precision == "fp16", max_length=cfg.max_prompt_length + cfg.max_completion_length * 2,
-        completion_only_loss=True, dataloader_num_workers=0,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(list(train_rows)[-n:]),
-                         processing_class=tokenizer,
-                         callbacks=[MetricsCallback(run_dir / "sft_metrics.csv")])
-    t0 = time.time()
-    trainer.train()
-    save_lora(model, tokenizer, out)
-    return {"sft": "trained", "steps": cfg.sft_steps, "examples": n, "seconds": round(time.time() - t0, 1)}
+        budget = int(cfg.max_completion_length * 0.75)
+        short = [r for r in sft_rows
+                 if len(tokenizer(format_solution(r["answer"]), add_special_tokens=False)["input_ids"]) <= budget]
+        rows = (short or list(sft_rows))[: cfg.sft_steps * cfg.sft_batch]
+        precision = resolve_precision(cfg.precision)
+        args = SFTConfig(
+            output_dir=str(run_dir / "sft_checkpoints"), max_steps=cfg.sft_steps,
+            per_device_train_batch_size=cfg.sft_batch, learning_rate=cfg.sft_learning_rate,
+            lr_scheduler_type="cosine", warmup_ratio=0.1, logging_steps=1, save_strategy="no",
+            report_to=cfg.report_to, seed=cfg.seed, bf16=precision == "bf16", fp16=precision == "fp16",
+            max_length=cfg.max_prompt_length + cfg.max_completion_length, completion_only_loss=True,
+            dataloader_num_workers=0,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=tokenizer,
+                             callbacks=[MetricsCallback(run_dir / "sft_metrics.csv")])
+        t0 = time.time()
+        trainer.train()
+        save_lora(model, tokenizer, out)
+        info = {"sft": "trained", "steps": cfg.sft_steps, "examples": len(rows),
+                "short_solutions_available": len(short), "seconds": round(time.time() - t0, 1)}
+    if backend == "hf":
+        model = merge_and_refresh_lora(model, cfg.seed)
+        info["merged"] = True
+    return model, info
+
+
+def merge_and_refresh_lora(model, seed: int = 0):
+    """Fold the current adapter into the base weights and attach a freshly initialised LoRA."""
+    import copy
+
+    import torch
+    from peft import get_peft_model
+
+    lora_config = copy.deepcopy(model.peft_config["default"])
+    base = model.merge_and_unload()
+    torch.manual_seed(seed)
+    return get_peft_model(base, lora_config)
 
 
 # ---------------------------------------------------------------------------------------

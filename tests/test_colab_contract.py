@@ -91,9 +91,20 @@ def colab_pins() -> dict[str, str]:
     return pins
 
 
+@lru_cache(maxsize=None)
 def pip_env() -> dict[str, str]:
-    """The machine's index, without local pip config files, constraints or find-links."""
+    """The machine's index and TLS settings, without its pip config's constraints or local links.
+
+    Same approach as tests/test_colab_requirements.py: config files are switched off and
+    only index-url / cert / client-cert / trusted-host / proxy are carried over.
+    """
     env = dict(os.environ)
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    for line in listed.stdout.splitlines():
+        match = re.match(r"^[^.]*\.([a-z-]+)='(.*)'$", line.strip())
+        if match and match[1] in ("index-url", "cert", "client-cert", "trusted-host", "proxy"):
+            env.setdefault("PIP_" + match[1].upper().replace("-", "_"), match[2])
     env["PIP_CONFIG_FILE"] = os.devnull
     for key in ("PIP_CONSTRAINT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX",
                 "PIP_REQUIREMENT", "PIP_REQUIRE_VIRTUALENV"):

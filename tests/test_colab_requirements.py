@@ -9,6 +9,10 @@
 Test 3 needs the package registry. It is skipped only when the registry cannot be
 reached; any other resolver failure fails the test with the tail of pip's output.
 Run with ``pytest -s`` to see how many packages were resolved and how long it took.
+
+Cost of test 3: pip needs every candidate's metadata; when the index does not serve
+PEP 658 metadata files, pip 23.x downloads each candidate wheel in full (torch alone is
+767 MB). On the project's machines that is about 4.3 GB and 70-135 s per run.
 """
 
 from __future__ import annotations
@@ -169,13 +173,26 @@ def test_packages_pinned_in_both_files_agree():
 # --------------------------------------------------------------------------- 3. resolver
 
 
-def pip_env() -> dict[str, str]:
-    """Environment for pip: the machine's index, but no local config files or constraints.
+# pip settings worth keeping from the machine's pip config: how to reach the index.
+NETWORK_SETTINGS = ("index-url", "cert", "client-cert", "trusted-host", "proxy")
 
-    A pip config file may carry a constraint file or local find-links meant for this
-    machine's own venv; they must not decide what resolves for Colab.
+
+@functools.lru_cache(maxsize=None)
+def pip_env() -> dict[str, str]:
+    """Environment for pip: the machine's index and TLS settings, nothing else from its config.
+
+    A pip config file may carry a constraint file (this machine caps torch for its own
+    venv) or local find-links / extra indexes; they must not decide what resolves for
+    Colab. So config files are switched off, and only the settings that say how to reach
+    the index (NETWORK_SETTINGS) are carried over as PIP_* variables.
     """
     env = dict(os.environ)
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    for line in listed.stdout.splitlines():
+        match = re.match(r"^[^.]*\.([a-z-]+)='(.*)'$", line.strip())
+        if match and match[1] in NETWORK_SETTINGS:
+            env.setdefault("PIP_" + match[1].upper().replace("-", "_"), match[2])
     env["PIP_CONFIG_FILE"] = os.devnull
     for key in ("PIP_CONSTRAINT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX",
                 "PIP_REQUIREMENT", "PIP_TARGET", "PIP_PREFIX", "PIP_USER", "PIP_REQUIRE_VIRTUALENV"):

@@ -1,0 +1,151 @@
+"""One experiment, step by step: the code path shared by the notebooks and the command line.
+
+    exp = Experiment(cfg)                 # backend, run directory, model + LoRA, data
+    before = exp.evaluate("before")       # cached in the run directory: a re-run does not regenerate
+    exp.cold_start()                      # optional SFT warm-up (skipped when done or off)
+    exp.train(reward_funcs)               # GRPO; resumes from the last checkpoint; skipped when finished
+    after = exp.evaluate("after")
+    exp.report()                          # eval table, curves and bars, saved next to the run
+
+A notebook calls these one cell at a time with the lesson in between; `run_rule_stage` calls them
+in a row (used by notebook 02 when notebook 01's results are missing).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import config as config_mod
+from . import data, evaluation, plots, runtime, training
+
+
+class Experiment:
+    def __init__(self, cfg: config_mod.RunConfig, *, backend: str | None = None, model=None, tokenizer=None,
+                 figures_dir: str | Path | None = None):
+        config_mod.validate(cfg)
+        self.cfg = cfg
+        self.backend = backend or runtime.pick_backend()
+        self.run_dir = runtime.run_dir(cfg.project, cfg.run_name)
+        self.figures_dir = Path(figures_dir) if figures_dir else None
+        if model is None:
+            model, tokenizer = training.load_model(cfg, self.backend)
+        self.model, self.tokenizer = model, tokenizer
+        self.train_rows, self.test_rows = data.load_for_run(cfg)
+        self.evals: dict[str, tuple[dict, object]] = {}
+        self.result: training.TrainResult | None = None
+        self.sft: dict = {}
+
+    # ---------------------------------------------------------------------------------
+    def evaluate(self, label: str, rows: Sequence[dict] | None = None, *, reuse: bool = True):
+        """(summary, per-question DataFrame) of greedy answers; cached as eval_samples_<label>.csv."""
+        import pandas as pd
+
+        path = self.run_dir / f"eval_samples_{label}.csv"
+        if reuse and path.exists():
+            df = pd.read_csv(path, keep_default_na=False)
+            summary = evaluation.summarize(df, label)
+            print(f"[eval] {label}: loaded {path.name} from an earlier session")
+        else:
+            lora = self.result.final_lora if (self.result and self.backend == "unsloth") else None
+            summary, df = evaluation.evaluate(self.model, self.tokenizer, rows or self.test_rows, self.cfg,
+                                              backend=self.backend, label=label, lora_path=lora)
+            runtime.atomic_write_csv(path, df)
+        self.evals[label] = (summary, df)
+        return summary, df
+
+    def cold_start(self) -> dict:
+        """SFT warm-up on tagged solutions of training questions *not* used by GRPO (when there are enough)."""
+        all_train = data.load_gsm8k_rows("train", self.cfg.dataset_source)
+        unused = all_train[len(self.train_rows):]
+        self.model, self.sft = training.cold_start_sft(self.cfg, self.model, self.tokenizer,
+                                                       unused or all_train, self.run_dir, backend=self.backend)
+        return self.sft
+
+    def train(self, reward_funcs: Sequence[Callable], *, extra_metrics=None, trainer_cls=None):
+        if not training.is_finished(self.run_dir):  # the model is about to change: older "after" evals are stale
+            for stale in self.run_dir.glob("eval_samples_*.csv"):
+                if stale.name != "eval_samples_before.csv":
+                    stale.unlink()
+        self.result = training.train_grpo(
+            self.cfg, self.model, self.tokenizer, reward_funcs, data.grpo_dataset(self.train_rows), self.run_dir,
+            backend=self.backend, extra_metrics=extra_metrics, trainer_cls=trainer_cls)
+        return self.result
+
+    # ---------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        sft = self.cfg.sft_steps if self.cfg.sft_steps else 0
+        steps = self.result.steps if self.result else self.cfg.max_steps
+        return plots.run_label(self.cfg.model_name, f"{sft} SFT + {steps} GRPO" if sft else steps)
+
+    def _figure_paths(self, name: str) -> list[Path]:
+        return [d / name for d in (self.run_dir, self.figures_dir) if d is not None]
+
+    def table(self):
+        """Before/after table (one row per evaluated label), saved as eval_table.csv."""
+        return evaluation.comparison_table([s for s, _ in self.evals.values()], self.run_dir / "eval_table.csv")
+
+    def report(self, prefix: str) -> dict:
+        """Save the eval table, curves and before/after bars; return {name: path} of what was written."""
+        table = self.table()
+        saved = {"eval_table": self.run_dir / "eval_table.csv"}
+        if self.result is not None and self.result.metrics_csv.exists():
+            plots.training_curves({self.cfg.run_name: self.result.metrics_csv}, self.label, smooth=3,
+                                  save_to=self._figure_paths(f"{prefix}_training_curves.png"))
+            saved["curves"] = self.run_dir / f"{prefix}_training_curves.png"
+        if len(table):
+            plots.accuracy_bars(table, self.label, save_to=self._figure_paths(f"{prefix}_before_after.png"))
+            saved["bars"] = self.run_dir / f"{prefix}_before_after.png"
+        runtime.atomic_write_json(self.run_dir / "summary.json", {
+            "label": self.label, "eval": table.to_dict(orient="records"), "sft": self.sft,
+            "train": {"status": self.result.status, "steps": self.result.steps} if self.result else None})
+        return saved
+
+    def saved_files(self) -> list[str]:
+        """What is in the run directory, one line per entry (the notebooks' closing cell)."""
+        lines = []
+        for p in sorted(self.run_dir.iterdir()):
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+            lines.append(f"{p.name + ('/' if p.is_dir() else ''):32s} {size / 2**20:8.2f} MiB")
+        print(f"saved in {self.run_dir}:\n" + "\n".join(lines))
+        return lines
+
+
+def run_rule_stage(cfg: config_mod.RunConfig, **kw) -> Experiment:
+    """Notebook 01 end to end: baseline eval, cold start, GRPO with rule rewards, eval, report."""
+    from .rewards import RULE_REWARD_FUNCS
+
+    exp = Experiment(cfg, **kw)
+    exp.evaluate("before")
+    exp.cold_start()
+    exp.train(list(RULE_REWARD_FUNCS.values()))
+    exp.evaluate("after")
+    exp.report("01")
+    return exp
+
+
+def baseline_results(cfg: config_mod.RunConfig, run_name: str, backend: str) -> dict:
+    """Notebook 01's finished results; when absent, run that stage now (CPU/hf backend only)."""
+    found = load_run_results(cfg, run_name)
+    if found is not None:
+        return found
+    if backend == "unsloth":
+        raise RuntimeError(f"No finished '{run_name}' run in {runtime.runs_root(cfg.project)}. On GPU, run "
+                           "notebook 01 first (one vLLM engine per session), then re-run this notebook.")
+    from .config import RULE_REWARDS
+
+    print(f"No finished '{run_name}' run found: running the rule-based baseline now (same preset).")
+    run_rule_stage(cfg.override(run_name=run_name, reward_weights=dict.fromkeys(RULE_REWARDS, 1.0)), backend=backend)
+    return load_run_results(cfg, run_name)
+
+
+def load_run_results(cfg: config_mod.RunConfig, run_name: str) -> dict | None:
+    """A finished run's eval table and metrics path, or None when it is absent or unfinished."""
+    import pandas as pd
+
+    rd = runtime.runs_root(cfg.project) / run_name
+    if not (training.is_finished(rd) and (rd / "eval_table.csv").exists()):
+        return None
+    return {"run_dir": rd, "table": pd.read_csv(rd / "eval_table.csv"), "metrics_csv": rd / "metrics.csv",
+            "config": json.loads((rd / "config.json").read_text())}
