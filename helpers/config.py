@@ -66,7 +66,8 @@ class RunConfig:
     max_completion_length: int = 256
     temperature: float = 0.9
     beta: float = 0.04  # KL coefficient (TRL 0.18 default)
-    loss_type: str = "bnpo"  # grpo | bnpo | dr_grpo
+    loss_type: str = "grpo"  # grpo | bnpo | dr_grpo. Unsloth 2025.6 computes "bnpo" per sequence (= "grpo"),
+    # so "grpo" is the default that means the same thing on the CPU and Colab backends.
     scale_rewards: bool = True  # divide advantages by the group's reward std
     reward_weights: dict[str, float] = field(
         default_factory=lambda: {name: 1.0 for name in RULE_REWARDS}

@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 start=$(date +%s)
-.venv/bin/python -m pytest --nbmake --durations=15 -p no:cacheprovider tests notebooks "$@"
+.venv/bin/python -m pytest --nbmake --nbmake-timeout=1200 --durations=15 -p no:cacheprovider tests notebooks "$@"
 rc=$?
 echo "test suite wall time: $(( $(date +%s) - start )) s"
 if [ "$rc" -eq 5 ]; then

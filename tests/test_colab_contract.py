@@ -36,6 +36,9 @@ from pathlib import Path
 
 import pytest
 
+# Needs the package registry when the wheel cache is empty (marker registered in pyproject.toml).
+pytestmark = pytest.mark.network
+
 CONTRACT: list[tuple[str, str, list[str]]] = [
     ("unsloth/models/loader.py", "FastLanguageModel.from_pretrained",
      ["model_name", "max_seq_length", "load_in_4bit", "fast_inference",
@@ -123,9 +126,16 @@ def cached_wheel(project: str, version: str) -> Path | None:
     return None
 
 
+# package -> reason it could not be downloaded (registry unreachable), so that the other
+# tests needing the same wheel skip at once instead of retrying.
+UNAVAILABLE: dict[str, str] = {}
+
+
 @lru_cache(maxsize=None)
 def wheel_for(package: str) -> Path:
     """The pinned wheel holding top-level `package`, downloaded once into WHEEL_CACHE."""
+    if package in UNAVAILABLE:
+        pytest.skip(UNAVAILABLE[package])
     project = PROJECT_OF_PACKAGE[package]
     version = colab_pins().get(project)
     assert version, f"{project} is not pinned in {COLAB_REQUIREMENTS.name}"
@@ -135,7 +145,8 @@ def wheel_for(package: str) -> Path:
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=WHEEL_CACHE) as dest:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               *TARGET_ARGS, "--progress-bar", "off", "--dest", dest, f"{project}=={version}"]
+               *TARGET_ARGS, "--retries", "2", "--progress-bar", "off", "--dest", dest,
+               f"{project}=={version}"]
         try:
             result = subprocess.run(cmd, capture_output=True, text=True, env=pip_env(),
                                     timeout=DOWNLOAD_TIMEOUT_S)
@@ -145,7 +156,8 @@ def wheel_for(package: str) -> Path:
         if result.returncode != 0:
             last = "\n".join(output.strip().splitlines()[-15:])
             if any(marker in output for marker in NETWORK_ERROR_MARKERS):
-                pytest.skip(f"package registry unreachable, {project}=={version} not cached:\n{last}")
+                UNAVAILABLE[package] = f"package registry unreachable, {project}=={version} not cached:\n{last}"
+                pytest.skip(UNAVAILABLE[package])
             pytest.fail(f"pip download {project}=={version} failed:\n{last}")
         wheels = list(Path(dest).glob("*.whl"))
         assert len(wheels) == 1, f"expected one wheel for {project}=={version}, got {wheels}"

@@ -246,6 +246,7 @@ def resolver_command(requirements: Path, target: str) -> list[str]:
     return cmd
 
 
+@pytest.mark.network
 def test_colab_requirements_resolve_for_colab_platform():
     reason = registry_unreachable()
     if reason:

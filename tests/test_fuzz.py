@@ -3,7 +3,7 @@
 Each function sees >= 10,000 generated completions (hypothesis): random text, nested / duplicated /
 unclosed / reordered tags, huge, negative, scientific, unicode-digit and fraction numbers, empty and
 50k-character strings, and text that looks like code. Every call must return one finite float per
-completion, take < 50 ms, and never raise. Counts are printed (run with -s to see them).
+completion, take < 50 ms of CPU time, and never raise. Counts are printed (run with -s to see them).
 """
 import ast
 import math
@@ -48,7 +48,7 @@ def _check(name, fn, value_ok):
               suppress_health_check=list(HealthCheck))
     @given(text=COMPLETION, gold=NUMBERS)
     def run(text, gold):
-        t = time.perf_counter()
+        t = time.thread_time()  # CPU time of this thread: a loaded machine does not inflate it
         try:
             out = fn(text, gold)
         except Exception:
@@ -56,7 +56,7 @@ def _check(name, fn, value_ok):
             raise
         finally:
             st_["calls"] += 1
-            st_["slowest_ms"] = max(st_["slowest_ms"], (time.perf_counter() - t) * 1000)
+            st_["slowest_ms"] = max(st_["slowest_ms"], (time.thread_time() - t) * 1000)
         if not value_ok(out):
             st_["non_finite"] += 1
             raise AssertionError(f"{name} returned {out!r} for {text[:80]!r}")
