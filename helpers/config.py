@@ -47,6 +47,10 @@ class RunConfig:
     load_in_4bit: bool = False  # GPU only (Unsloth / bitsandbytes)
     gpu_memory_utilization: float = 0.5  # share of VRAM vLLM may take on the Unsloth backend
     requires_gpu: bool = False
+    backend: str = "auto"  # auto (unsloth on CUDA if it imports, else hf) | hf | unsloth. Multi-GPU runs use hf.
+    vllm_mode: str = "auto"  # generation on the hf backend: auto/off = HF generate; server = `trl vllm-serve`;
+    # colocate = vLLM inside each training process. The unsloth backend always uses its own vLLM engine.
+    vllm_server_url: str = "http://localhost:8000"  # where `trl vllm-serve` listens (vllm_mode="server")
     # --- LoRA -----------------------------------------------------------------------------
     lora_r: int = 16
     lora_alpha: int = 32
@@ -211,6 +215,10 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
             f"Unknown dataset_source {cfg.dataset_source!r}. Choose 'auto' (hub on Colab, bundled elsewhere), "
             "'hub' or 'bundled'."
         )
+    if cfg.backend not in ("auto", "hf", "unsloth"):
+        raise ConfigError(f"Unknown backend {cfg.backend!r}. Choose 'auto', 'hf' or 'unsloth'.")
+    if cfg.vllm_mode not in ("auto", "off", "server", "colocate"):
+        raise ConfigError(f"Unknown vllm_mode {cfg.vllm_mode!r}. Choose 'auto', 'off', 'server' or 'colocate'.")
     if cfg.precision not in ("auto", "fp32", "fp16", "bf16"):
         raise ConfigError(f"Unknown precision {cfg.precision!r}. Choose one of 'auto', 'fp32', 'fp16', 'bf16'.")
     if not 0.0 < cfg.temperature <= 5.0:
@@ -233,6 +241,8 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
         from . import runtime
 
         gpu_available = runtime.has_cuda()
+    if cfg.vllm_mode in ("server", "colocate") and not gpu_available:
+        raise ConfigError(f"vllm_mode={cfg.vllm_mode!r} needs a CUDA GPU and none was found. Use vllm_mode='off'.")
     if cfg.requires_gpu and not gpu_available:
         raise ConfigError(
             f"Preset {cfg.preset!r} needs a CUDA GPU and none was found. On Colab: Runtime > Change runtime type > "

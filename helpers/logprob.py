@@ -102,20 +102,25 @@ def encode_pair(tokenizer, context: str, target: str, max_length: int | None = N
 # ---------------------------------------------------------------------------------------
 # Scoring
 def score_targets(model, tokenizer, contexts: Sequence[str], targets: Sequence[str], batch_size: int = 8,
-                  max_length: int | None = None, share_prefix: bool = False, progress: bool = False
-                  ) -> list[list[float]]:
-    """Per-token log P(target_i | context_i) for each pair. No gradient; the model's mode is restored."""
+                  max_length: int | None = None, share_prefix: bool = False, progress: bool = False,
+                  groups: Sequence | None = None) -> list[list[float]]:
+    """Per-token log P(target_i | context_i) for each pair. No gradient; the model's mode is restored.
+
+    With `share_prefix`, pairs with the same `groups` key (e.g. the prompt) share one KV cache of their
+    longest common token prefix; without keys, pairs are grouped by their first 64 tokens.
+    """
     if len(contexts) != len(targets):
         raise ValueError(f"{len(contexts)} contexts but {len(targets)} targets")
     if max_length is None:
         max_length = getattr(_causal_lm(model).config, "max_position_embeddings", None)
     encoded = [encode_pair(tokenizer, c, t, max_length) for c, t in zip(contexts, targets)]
     return score_encoded(model, encoded, batch_size=batch_size, share_prefix=share_prefix, progress=progress,
-                         pad_id=tokenizer.pad_token_id or 0)
+                         pad_id=tokenizer.pad_token_id or 0, groups=groups)
 
 
 def score_encoded(model, encoded: Sequence[tuple[list[int], int]], *, batch_size: int = 8,
-                  share_prefix: bool = False, progress: bool = False, pad_id: int = 0) -> list[list[float]]:
+                  share_prefix: bool = False, progress: bool = False, pad_id: int = 0,
+                  groups: Sequence | None = None) -> list[list[float]]:
     """Like `score_targets`, on already-encoded (ids, first_target_index) pairs."""
     import torch
 
@@ -124,7 +129,11 @@ def score_encoded(model, encoded: Sequence[tuple[list[int], int]], *, batch_size
         return []
     with torch.no_grad(), _eval_mode(model):
         if share_prefix:
-            for idx in _groups_by_prefix(encoded):
+            keys = groups if groups is not None else [tuple(ids[:64]) for ids, _ in encoded]
+            by_key: dict = defaultdict(list)
+            for i, k in enumerate(keys):
+                by_key[k].append(i)
+            for idx in by_key.values():
                 for i, lp in zip(idx, _score_shared_prefix(model, [encoded[i] for i in idx], batch_size, pad_id)):
                     results[i] = lp
         else:
@@ -175,14 +184,6 @@ def _score_batch(model, items, pad_id, past=None, prefix_len: int = 0):
         out.append(lps[k:k + n])
         k += n
     return out
-
-
-def _groups_by_prefix(encoded):
-    """Indices grouped by identical first-16-token prefix (the G completions of one prompt)."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, (ids, _) in enumerate(encoded):
-        groups[tuple(ids[:16])].append(i)
-    return list(groups.values())
 
 
 def _score_shared_prefix(model, items, batch_size, pad_id):
@@ -356,22 +357,22 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
         to_score = [i for i, (_, _, tagged) in enumerate(triples) if tagged or no_tag == "score"]
         contexts = [triples[i][0] for i in to_score]
         targets = [triples[i][1] for i in to_score]
+        base_of = {}
         if transform == "debiased":  # one extra sequence per distinct prompt: the gold with no reasoning
             uniq = sorted({pstr[i] for i in to_score})
-            base_of = {}
             base_lps = _safe_score(model, tokenizer, [p + ANSWER_OPEN + "\n" for p in uniq],
                                    [target_template.format(gold=golds[pstr.index(p)]) for p in uniq],
                                    batch_size, max_length, share_prefix, scope)
             base_of = dict(zip(uniq, base_lps))
-        scored = _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope)
+        scored = _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope,
+                             groups=[pstr[i] for i in to_score])  # the G completions of a prompt share its cache
         out = [float(no_tag) if no_tag != "score" else floor] * len(texts)
         raw = []
         for i, lps in zip(to_score, scored):
             if lps is None:  # scoring failed for this one (e.g. target longer than the context window)
                 out[i] = floor
                 continue
-            base = base_of.get(pstr[i]) if transform == "debiased" else None
-            out[i] = apply_transform(transform, lps, base, floor)
+            out[i] = apply_transform(transform, lps, base_of.get(pstr[i]), floor)
             raw.append(sum(lps))
         n_tagless = sum(not tagged for _, _, tagged in triples)
         stats.add(raw_logprob=sum(raw) / len(raw) if raw else float("nan"),
@@ -385,14 +386,14 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
     return reward
 
 
-def _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope):
+def _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope, groups=None):
     """score_targets that never raises mid-training: a pair that cannot be scored gets None."""
     if not contexts:
         return []
     with scope():
         try:
             return score_targets(model, tokenizer, contexts, targets, batch_size=batch_size, max_length=max_length,
-                                 share_prefix=share_prefix)
+                                 share_prefix=share_prefix, groups=groups)
         except ValueError:
             out = []
             for c, t in zip(contexts, targets):

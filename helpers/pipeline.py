@@ -23,9 +23,10 @@ from . import data, evaluation, plots, runtime, training
 class Experiment:
     def __init__(self, cfg: config_mod.RunConfig, *, backend: str | None = None, model=None, tokenizer=None,
                  figures_dir: str | Path | None = None):
-        config_mod.validate(cfg)
+        config_mod.validate(cfg, num_processes=runtime.num_processes())
         self.cfg = cfg
-        self.backend = backend or runtime.pick_backend()
+        self.is_main = runtime.is_main_process()  # under accelerate, only the main process evaluates and writes
+        self.backend = backend or runtime.pick_backend(cfg.backend)
         self.run_dir = runtime.run_dir(cfg.project, cfg.run_name)
         self.figures_dir = Path(figures_dir) if figures_dir else None
         if model is None:
@@ -42,6 +43,8 @@ class Experiment:
         import pandas as pd
 
         path = self.run_dir / f"eval_samples_{label}.csv"
+        if not self.is_main:  # evaluation runs once, on the main process
+            return {}, None
         if reuse and path.exists():
             df = pd.read_csv(path, keep_default_na=False)
             summary = evaluation.summarize(df, label)
@@ -84,10 +87,14 @@ class Experiment:
 
     def table(self):
         """Before/after table (one row per evaluated label), saved as eval_table.csv."""
+        if not self.is_main:
+            return None
         return evaluation.comparison_table([s for s, _ in self.evals.values()], self.run_dir / "eval_table.csv")
 
     def report(self, prefix: str) -> dict:
         """Save the eval table, curves and before/after bars; return {name: path} of what was written."""
+        if not self.is_main:
+            return {}
         table = self.table()
         saved = {"eval_table": self.run_dir / "eval_table.csv"}
         if self.result is not None and self.result.metrics_csv.exists():
@@ -104,6 +111,8 @@ class Experiment:
 
     def saved_files(self) -> list[str]:
         """What is in the run directory, one line per entry (the notebooks' closing cell)."""
+        if not self.is_main:
+            return []
         lines = []
         for p in sorted(self.run_dir.iterdir()):
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
@@ -123,6 +132,29 @@ def run_rule_stage(cfg: config_mod.RunConfig, **kw) -> Experiment:
     exp.evaluate("after")
     exp.report("01")
     return exp
+
+
+def run_logprob_stage(cfg: config_mod.RunConfig, transform: str = "mean", scorer: str = "policy",
+                      **kw) -> Experiment:
+    """Notebook 02's training end to end: rule rewards (correctness weight 0, logged only) + the logprob reward."""
+    from .logprob import logprob_reward
+    from .rewards import RULE_REWARD_FUNCS
+
+    exp = Experiment(cfg, **kw)
+    exp.evaluate("before")
+    exp.cold_start()
+    lp = logprob_reward(exp.model, exp.tokenizer, transform=transform, scorer=scorer)
+    exp.train(list(RULE_REWARD_FUNCS.values()) + [lp], extra_metrics=lp.stats.flush)
+    exp.evaluate("after")
+    exp.report("02")
+    return exp
+
+
+def logprob_weights(transform: str, weight: float = 1.0) -> dict[str, float]:
+    """Reward weights for the logprob stage: format rewards 1, correctness 0 (logged only), logprob `weight`."""
+    from .config import RULE_REWARDS
+
+    return {**dict.fromkeys(RULE_REWARDS, 1.0), "correctness_reward": 0.0, f"logprob_{transform}_reward": weight}
 
 
 def baseline_results(cfg: config_mod.RunConfig, run_name: str, backend: str) -> dict:

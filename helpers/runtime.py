@@ -144,3 +144,13 @@ def atomic_write_json(path: str | Path, obj) -> Path:
 def atomic_write_csv(path: str | Path, df) -> Path:
     """Write a pandas DataFrame as CSV atomically."""
     return atomic_write_text(path, df.to_csv(index=False))
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-process runs (accelerate launch / torchrun set these variables before our code runs)
+def num_processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import EMBEDDED_MODEL, RunConfig
-from .runtime import atomic_write_json, atomic_write_text, resolve_precision
+from .runtime import atomic_write_json, atomic_write_text, is_main_process, resolve_precision
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ROOT = Path(os.environ.get("HELPERS_CACHE", Path.home() / ".cache" / "logprob-curriculum"))
@@ -286,7 +286,8 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
                              callbacks=[MetricsCallback(run_dir / "sft_metrics.csv")])
         t0 = time.time()
         trainer.train()
-        save_lora(model, tokenizer, out)
+        if trainer.is_world_process_zero():
+            save_lora(model, tokenizer, out)
         info = {"sft": "trained", "steps": cfg.sft_steps, "examples": len(rows),
                 "short_solutions_available": len(short), "seconds": round(time.time() - t0, 1)}
     if backend == "hf":
@@ -329,6 +330,9 @@ def grpo_args(cfg: RunConfig, run_dir: str | Path, backend: str):
     )
     if backend == "unsloth":
         kwargs.update(use_vllm=True, optim="adamw_8bit")  # Unsloth routes generation to its vLLM engine
+    elif cfg.vllm_mode in ("server", "colocate"):  # TRL's own vLLM integration (multi-GPU recipes, README)
+        kwargs.update(use_vllm=True, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
+                      optim="adamw_torch")
     else:
         kwargs.update(use_vllm=False, optim="adamw_torch")
     return GRPOConfig(**kwargs)
@@ -355,7 +359,8 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
     """
     run_dir = Path(run_dir)
     metrics_csv, final = run_dir / "metrics.csv", run_dir / "final_lora"
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    if is_main_process():
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
     if is_finished(run_dir):
         load_adapter_weights(model, final)
         summary = _read_json(run_dir / "train_summary.json")

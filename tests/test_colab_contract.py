@@ -48,7 +48,7 @@ CONTRACT: list[tuple[str, str, list[str]]] = [
     # model.save_lora / model.load_lora are functools.partial(<these>, model).
     ("unsloth_zoo/vllm_utils.py", "save_lora", ["model", "save_directory"]),
     ("unsloth_zoo/vllm_utils.py", "load_lora", ["model", "save_directory", "load_tensors"]),
-    ("vllm/sampling_params.py", "SamplingParams", ["temperature", "top_p", "max_tokens", "n", "stop"]),
+    ("vllm/sampling_params.py", "SamplingParams", ["temperature", "top_p", "max_tokens", "n", "stop", "seed"]),
     # With fast_inference=True, model.fast_generate is vLLM's LLM.generate.
     ("vllm/entrypoints/llm.py", "LLM.generate", ["sampling_params", "lora_request", "use_tqdm"]),
 ]
@@ -292,3 +292,42 @@ def test_model_attribute_is_assigned(module_path, attribute):
     assert assignments, f"no `<obj>.{attribute} = ...` assignment in {module_path}"
     for node in assignments:
         print(f"\n{module_path}:{node.lineno}: {ast.unparse(node)}")
+
+
+# ---------------------------------------------------------------------------------------
+# The contract must cover what helpers/ really calls: the keywords are read from the source.
+HELPER_CALLS = {  # callee as written in helpers/ -> CONTRACT entry it must match
+    "FastLanguageModel.from_pretrained": "FastLanguageModel.from_pretrained",
+    "FastLanguageModel.get_peft_model": "FastLanguageModel.get_peft_model",
+    "SamplingParams": "SamplingParams",
+    "model.fast_generate": "LLM.generate",
+    "model.load_lora": "load_lora",
+    "model.save_lora": "save_lora",
+}
+
+
+def _dotted(node) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def test_contract_covers_every_unsloth_and_vllm_call_in_helpers():
+    contract = {qual: set(kwargs) for _, qual, kwargs in CONTRACT}
+    seen = {}
+    for path in sorted((ROOT / "helpers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and _dotted(node.func) in HELPER_CALLS:
+                name = _dotted(node.func)
+                used = {k.arg for k in node.keywords if k.arg}
+                entry = HELPER_CALLS[name]
+                missing = used - contract[entry]
+                assert not missing, f"{path.name}:{node.lineno} passes {sorted(missing)} to {name}: add them to CONTRACT"
+                seen[name] = sorted(used)
+    print("\nhelpers' Unsloth/vLLM calls:", seen)
+    assert {"FastLanguageModel.from_pretrained", "FastLanguageModel.get_peft_model", "SamplingParams",
+            "model.fast_generate"} <= set(seen)

@@ -1,0 +1,93 @@
+"""Static checks of the notebooks: committed without outputs, the Colab install cell agrees with
+requirements-colab.txt, the UX conventions hold, and no secret is written in a notebook."""
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# import name -> distribution name in requirements-colab.txt
+DIST = {"math_verify": "math-verify", "ipywidgets": "ipywidgets", "matplotlib": "matplotlib", "pandas": "pandas",
+        "datasets": "datasets", "peft": "peft", "trl": "trl", "transformers": "transformers", "torch": "torch",
+        "tqdm": "tqdm", "unsloth": "unsloth", "vllm": "vllm", "safetensors": None, "numpy": None, "IPython": None,
+        "google": None}  # None: installed with the others / preinstalled on Colab
+
+
+def cells(nb_path, kind="code"):
+    nb = json.loads(nb_path.read_text())
+    return [("".join(c["source"]), c) for c in nb["cells"] if c["cell_type"] == kind]
+
+
+def colab_pins():
+    pins = {}
+    for line in (ROOT / "requirements-colab.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_there_are_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS][:2] == ["01", "02"]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(nb):
+    for src, cell in cells(nb):
+        assert not cell.get("outputs") and cell.get("execution_count") is None, src[:60]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_install_cell_uses_only_the_pinned_requirements(nb):
+    code_lines = [line.split("#")[0] for src, _ in cells(nb) for line in src.splitlines()]
+    installs = [line for line in code_lines if re.search(r"pip\W+install", line)]
+    assert installs, "no Colab install cell"
+    for line in installs:
+        assert "requirements-colab.txt" in line or ("--no-deps" in line and "-e" in line), \
+            f"{nb.name}: installs something not pinned in requirements-colab.txt: {line.strip()}"
+    setup = cells(nb)[0][0]
+    assert 'IN_COLAB = "google.colab" in sys.modules' in setup and "if IN_COLAB:" in setup, \
+        "Colab-only work must be skipped off Colab by code"
+
+
+def test_every_third_party_import_of_helpers_is_pinned_for_colab():
+    pins = colab_pins()
+    stdlib = set(sys.stdlib_module_names)
+    for path in (ROOT / "helpers").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in stdlib or top == "helpers":
+                    continue
+                assert top in DIST, f"{path.name} imports {top}: add it to requirements-colab.txt and DIST"
+                if DIST[top]:
+                    assert DIST[top] in pins, f"{DIST[top]} (imported by {path.name}) is not pinned for Colab"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_user_experience_conventions(nb):
+    code = [src for src, _ in cells(nb)]
+    md = "\n".join(src for src, _ in cells(nb, "markdown"))
+    assert "colab-badge.svg" in md and "What you will learn" in md
+    assert re.search(r"runtime", md, re.I) and "t4" in md.lower() and "a100" in md.lower()
+    assert "runtime.banner(" in code[1], "the first cell after setup prints the environment banner"
+    assert any("#@param" in c for c in code), "no #@param form fields"
+    assert any("sample_browser(" in c for c in code), "no ipywidgets sample browser"
+    assert "saved_files()" in code[-1], "the closing cell lists what was saved"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_secrets_in_notebooks(nb):
+    text = nb.read_text()
+    for pattern in (r"hf_[A-Za-z0-9]{30,}", r"wandb_[A-Za-z0-9]{20,}", r"(?i)(api[_-]?key|token)\s*=\s*['\"][^'\"]{8,}"):
+        assert not re.search(pattern, text), f"{nb.name} looks like it contains a secret ({pattern})"
