@@ -88,14 +88,13 @@ GRIDS: dict[str, list[dict]] = {
     # and off, scale_rewards off, the SFT-term trainer).
     "smoke": [_BY_NAME["mean"], {"name": "sum_only_noscale_sft", "transform": "sum", "format_rewards": False,
                                  "scale_rewards": False, "sft_weight": 0.1}],
-    # A 2-core laptop, SmolLM2-135M, 30 steps each. Measured on this project's 2-core machine (notebook 01,
-    # cpu preset): ~21 s per GRPO step with rule rewards (median step interval of metrics.csv), 152 s for
-    # the 40 SFT steps, ~4 min for one evaluation of 30 questions. The logprob reward adds one scoring
-    # prefill per step (README "Cost drivers"), say +15%: 24 s × 30 steps × 5 variants = 60 min, + SFT once
-    # 2.5 min, + 6 evaluations (start + 5) × 4 min = 24 min: about 1.5 h, resumable at any point.
-    # Chosen to show the facts that need no big model: sum = mean alone, mean without scaling, mixing with
-    # format rewards, and the SFT term.
-    "cpu": [_BY_NAME[n] for n in ("sum_only", "mean_only", "mean_only_noscale", "mean", "sft_term")],
+    # A 2-core laptop, SmolLM2-135M, 15 steps each (GRID_OVERRIDES). Measured on this project's 2-core
+    # machine: ~21 s per GRPO step with rule rewards (notebook 01, cpu preset), ~25 s with the logprob reward
+    # (notebook 02), ~3 min for the 40 SFT steps, ~1.5 min to evaluate 20 questions. Estimate:
+    # 3 variants × (15 × 25 s + 1.5 min) + SFT 3 min + start eval 1.5 min ≈ 29 min, resumable at any point.
+    # It shows the central fact: with the same seed, sum and mean (std-scaled) give the same advantages,
+    # hence the same updates and (up to float rounding) the same run; without the scaling they do not.
+    "cpu": [_BY_NAME[n] for n in ("sum_only", "mean_only", "mean_only_noscale")],
     # One free Colab T4 session (Qwen2.5-1.5B 4-bit, 150 steps each, GRID_OVERRIDES). Estimate: DESIGN §5
     # gives ~12 s/step for Qwen2.5-3B on a T4; our 1.5B model has half the parameters but up to 512-token
     # completions (generation dominates and grows with length), so we keep 12 s/step rather than halve it:
@@ -112,7 +111,7 @@ GRIDS: dict[str, list[dict]] = {
 # Base-config overrides for the grid runs on top of the preset of the same name (shorter than a full run).
 GRID_OVERRIDES: dict[str, dict] = {
     "smoke": {},
-    "cpu": {},
+    "cpu": {"max_steps": 15, "save_steps": 5, "eval_size": 20},
     "t4": {"max_steps": 150, "save_steps": 25, "eval_size": 100},
     "a100": {"max_steps": 300, "save_steps": 50},
 }
@@ -288,7 +287,7 @@ def _run_variant(cfg: RunConfig, variant: dict, *, backend: str, load_model: Cal
     """Load a fresh model, share the grid's cold start, train (resuming), evaluate, write results.json."""
     model, tokenizer = load_model(cfg)
     exp = pipeline.Experiment(cfg, backend=backend, model=model, tokenizer=tokenizer)
-    exp.model, exp.sft = shared_cold_start(exp, grid_dir)
+    exp.cold_start(sft_dir=grid_dir)  # one cold start per grid: every variant starts from the same policy
     _, start_df = start_eval(exp, grid_dir)
     callbacks = []
     if start_df is not None and dynamics_pool_size > 0:
@@ -297,12 +296,8 @@ def _run_variant(cfg: RunConfig, variant: dict, *, backend: str, load_model: Cal
     lp = logprob_reward(exp.model, exp.tokenizer, transform=variant["transform"], scorer=variant["scorer"],
                         floor=variant["floor"])
     trainer_cls = sft_term_trainer_class(variant["sft_weight"]) if variant["sft_weight"] > 0 else None
-    if not training.is_finished(exp.run_dir):  # the model is about to change: an older "after" eval is stale
-        (exp.run_dir / "eval_samples_after.csv").unlink(missing_ok=True)
-    exp.result = training.train_grpo(
-        cfg, exp.model, exp.tokenizer, list(RULE_REWARD_FUNCS.values()) + [lp], data.grpo_dataset(exp.train_rows),
-        exp.run_dir, backend=backend, trainer_cls=trainer_cls, extra_metrics=lp.stats.flush,
-        extra_callbacks=callbacks)
+    exp.train(list(RULE_REWARD_FUNCS.values()) + [lp], extra_metrics=lp.stats.flush, trainer_cls=trainer_cls,
+              extra_callbacks=callbacks)
     after, _ = exp.evaluate("after")
     results = {"variant": variant, "eval": after, "sft": exp.sft,
                "train": {"status": exp.result.status, "steps": exp.result.steps,
@@ -310,14 +305,6 @@ def _run_variant(cfg: RunConfig, variant: dict, *, backend: str, load_model: Cal
     if exp.is_main:
         runtime.atomic_write_json(exp.run_dir / "results.json", results)
     return results
-
-
-def shared_cold_start(exp, grid_dir: Path):
-    """(model, info): the cold-start SFT trained once in the grid directory and loaded by every variant."""
-    all_train = data.load_gsm8k_rows("train", exp.cfg.dataset_source)
-    unused = all_train[len(exp.train_rows):]
-    return training.cold_start_sft(exp.cfg, exp.model, exp.tokenizer, unused or all_train, grid_dir,
-                                   backend=exp.backend)
 
 
 def start_eval(exp, grid_dir: Path):

@@ -57,22 +57,27 @@ class Experiment:
         self.evals[label] = (summary, df)
         return summary, df
 
-    def cold_start(self) -> dict:
-        """SFT warm-up on tagged solutions of training questions *not* used by GRPO (when there are enough)."""
+    def cold_start(self, sft_dir: str | Path | None = None) -> dict:
+        """SFT warm-up on tagged solutions of training questions *not* used by GRPO (when there are enough).
+
+        `sft_dir` (default: the run directory) holds sft_lora/; the ablation grid shares one across variants.
+        """
         all_train = data.load_gsm8k_rows("train", self.cfg.dataset_source)
         unused = all_train[len(self.train_rows):]
-        self.model, self.sft = training.cold_start_sft(self.cfg, self.model, self.tokenizer,
-                                                       unused or all_train, self.run_dir, backend=self.backend)
+        self.model, self.sft = training.cold_start_sft(self.cfg, self.model, self.tokenizer, unused or all_train,
+                                                       Path(sft_dir or self.run_dir), backend=self.backend)
         return self.sft
 
-    def train(self, reward_funcs: Sequence[Callable], *, extra_metrics=None, trainer_cls=None):
+    def train(self, reward_funcs: Sequence[Callable], *, extra_metrics=None, trainer_cls=None,
+              extra_callbacks: Sequence = ()):
         if not training.is_finished(self.run_dir):  # the model is about to change: older "after" evals are stale
             for stale in self.run_dir.glob("eval_samples_*.csv"):
                 if stale.name != "eval_samples_before.csv":
                     stale.unlink()
         self.result = training.train_grpo(
             self.cfg, self.model, self.tokenizer, reward_funcs, data.grpo_dataset(self.train_rows), self.run_dir,
-            backend=self.backend, extra_metrics=extra_metrics, trainer_cls=trainer_cls)
+            backend=self.backend, extra_metrics=extra_metrics, trainer_cls=trainer_cls,
+            extra_callbacks=extra_callbacks)
         return self.result
 
     # ---------------------------------------------------------------------------------
@@ -111,14 +116,7 @@ class Experiment:
 
     def saved_files(self) -> list[str]:
         """What is in the run directory, one line per entry (the notebooks' closing cell)."""
-        if not self.is_main:
-            return []
-        lines = []
-        for p in sorted(self.run_dir.iterdir()):
-            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
-            lines.append(f"{p.name + ('/' if p.is_dir() else ''):32s} {size / 2**20:8.2f} MiB")
-        print(f"saved in {self.run_dir}:\n" + "\n".join(lines))
-        return lines
+        return runtime.saved_files(self.run_dir) if self.is_main else []
 
 
 def run_rule_stage(cfg: config_mod.RunConfig, **kw) -> Experiment:

@@ -2,6 +2,7 @@
 
     python -m helpers.run --stage rule --preset cpu
     python -m helpers.run --stage logprob --preset t4 --set transform=gmean_prob --set max_steps=300
+    python -m helpers.run --stage ablation --preset cpu
 
 `--set key=value` overrides any RunConfig field (values parsed as JSON when they parse, else strings);
 `transform` and `scorer` are options of the logprob stage. The notebooks and this CLI call the same
@@ -18,6 +19,7 @@ from . import config, pipeline, runtime
 STAGES = {
     "rule": "notebook 01: GRPO with rule rewards (format + correctness)",
     "logprob": "notebook 02: GRPO with format rewards + log P(gold | prompt, own reasoning)",
+    "ablation": "notebook 03: the preset's normalization ablation grid (helpers/ablations.py GRIDS)",
 }
 
 
@@ -47,16 +49,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sets = _parse_sets(args.set)
         transform, scorer = sets.pop("transform", "mean"), sets.pop("scorer", "policy")
-        run_name = args.run_name or {"rule": "01_rule_based", "logprob": "02_logprob"}[args.stage]
-        if args.stage == "logprob":
-            sets.setdefault("reward_weights", pipeline.logprob_weights(transform))
-        cfg = config.preset(config.choose_preset(args.preset), run_name=run_name, **sets)
-        config.validate(cfg, num_processes=runtime.num_processes())
+        preset = config.choose_preset(args.preset)
+        if args.stage == "ablation":
+            from . import ablations
+
+            cfg = ablations.base_config(preset, **({"run_name": args.run_name} if args.run_name else {}), **sets)
+            variants = ablations.validate_variants(ablations.GRIDS[preset], cfg)
+        else:
+            run_name = args.run_name or {"rule": "01_rule_based", "logprob": "02_logprob"}[args.stage]
+            if args.stage == "logprob":
+                sets.setdefault("reward_weights", pipeline.logprob_weights(transform))
+            cfg = config.preset(preset, run_name=run_name, **sets)
+            config.validate(cfg, num_processes=runtime.num_processes())
     except config.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     backend = runtime.pick_backend(cfg.backend)
     runtime.banner(backend, cfg)
+    if args.stage == "ablation":
+        from . import ablation_plots, plots
+
+        table = ablations.run_grid(cfg, variants, backend=backend)
+        if table is not None:
+            grid_dir = runtime.run_dir(cfg.project, cfg.run_name)
+            ablation_plots.report(grid_dir, table, plots.run_label(cfg.model_name, f"{cfg.max_steps} per variant"))
+            print(table.to_string(index=False))
+            runtime.saved_files(grid_dir)
+        return 0
     if args.stage == "rule":
         exp = pipeline.run_rule_stage(cfg, backend=backend)
     else:

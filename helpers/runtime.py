@@ -154,3 +154,14 @@ def num_processes() -> int:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def saved_files(run_dir: str | Path) -> list[str]:
+    """Print and return what a run directory holds, one line per entry with its size."""
+    run_dir = Path(run_dir)
+    lines = []
+    for p in sorted(run_dir.iterdir()):
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        lines.append(f"{p.name + ('/' if p.is_dir() else ''):32s} {size / 2**20:8.2f} MiB")
+    print(f"saved in {run_dir}:\n" + "\n".join(lines))
+    return lines

@@ -305,6 +305,8 @@ def merge_and_refresh_lora(model, seed: int = 0):
 
     lora_config = copy.deepcopy(model.peft_config["default"])
     base = model.merge_and_unload()
+    if hasattr(base, "peft_config"):  # left behind by merge_and_unload; would make peft stack a second adapter
+        del base.peft_config
     torch.manual_seed(seed)
     return get_peft_model(base, lora_config)
 

@@ -33,7 +33,7 @@ def colab_pins():
 
 
 def test_there_are_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS][:2] == ["01", "02"]
+    assert [p.name[:2] for p in NOTEBOOKS][:3] == ["01", "02", "03"]
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
@@ -83,7 +83,7 @@ def test_user_experience_conventions(nb):
     assert "runtime.banner(" in code[1], "the first cell after setup prints the environment banner"
     assert any("#@param" in c for c in code), "no #@param form fields"
     assert any("sample_browser(" in c for c in code), "no ipywidgets sample browser"
-    assert "saved_files()" in code[-1], "the closing cell lists what was saved"
+    assert "saved_files(" in code[-1], "the closing cell lists what was saved"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
