@@ -2,8 +2,10 @@
 
 Every public reward has TRL's signature `(prompts, completions, **kwargs) -> list[float]`, returns
 one finite float per completion, never raises on any string, and never evaluates model text.
-Correctness compares *values* with Hugging Face's math-verify (`1,000` = `1000`, `$18.00` = `18`,
-`\\frac{36}{2}` = `18`), with a small exact-fraction fallback where math-verify cannot run.
+Correctness compares *values*: plain numbers and ratios exactly (`1,000` = `1000`, `$18.00` = `18`,
+`36/2` = `18`), everything else with Hugging Face's math-verify (LaTeX, expressions). math-verify's
+expression path hands sympy only digits, spaces and `+ - * / ^ ( )` (its own regex), so no names ever
+reach sympy's parser; power towers, huge exponents and division by zero are rejected before it.
 """
 from __future__ import annotations
 
@@ -26,6 +28,15 @@ _STRICT = re.compile(r"\s*<reasoning>\n.*?\n</reasoning>\s*<answer>\n?.*?\n?</an
 _SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
 _INTEGER = re.compile(r"-?\d{1,30}")
 _NUMBER = re.compile(r"[-+]?(\d[\d,]*(\.\d+)?|\.\d+)")
+# "18", "-3", "$1,000.00", "18 dollars", "18%": a plain number with an optional currency sign or unit word.
+_PLAIN = re.compile(
+    r"\$?\s*([-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,2})?)\s*(?:%|[A-Za-z][A-Za-z ]{0,30})?\.?")
+_RATIO = re.compile(r"(?:\\d?frac\{\s*([-+]?\d{1,12})\s*\}\{\s*(\d{1,12})\s*\}|([-+]?\d{1,12})\s*/\s*(\d{1,12}))")
+_LAST_FRAC = re.compile(r"\\d?frac\{\s*([-+]?\d{1,12})\s*\}\{\s*(\d{1,12})\s*\}\s*\$?\.?$")
+_HUGE_EXPONENT = re.compile(r"\d[eE][-+]?\d{3,}")
+_POWER = re.compile(r"\^|\*\*")
+_BOXED = re.compile(r"\\boxed\{([^{}]{1,60})\}")
+_RATIO_BY_ZERO = re.compile(r"/\s*0+(?![\d.])|\\d?frac\{[^{}]*\}\{\s*0+\s*\}")
 
 
 def _texts(completions) -> list[str]:
@@ -97,6 +108,28 @@ def _parse_gold(gold: str):
     return parse(gold, extraction_config=[ExprExtractionConfig()])
 
 
+def _exact_value(text: str) -> Fraction | None:
+    """The value of a plain number ('$1,000.00', '18 dollars', '18%' -> 18) or a ratio ('36/2'), else None.
+
+    Most answers take this path; math-verify (sympy) is kept for LaTeX and expressions, where it is needed.
+    """
+    m = _PLAIN.fullmatch(text)
+    if m:
+        try:
+            return Fraction(m.group(1).replace(",", "").rstrip("."))
+        except (ValueError, ZeroDivisionError):
+            return None
+    m = _RATIO.fullmatch(text)  # "36/2", "\\frac{36}{2}"
+    if m:
+        num, den = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+    else:
+        m = _LAST_FRAC.search(text)  # "so x = \\frac{36}{2}"
+        if m is None:
+            return None
+        num, den = m.group(1), m.group(2)
+    return Fraction(int(num), int(den)) if int(den) != 0 else None
+
+
 def answers_match(predicted: str | None, gold: str) -> bool:
     """True when `predicted` has the same value as `gold`. Never raises, never evaluates text."""
     if predicted is None or not isinstance(gold, str):
@@ -104,12 +137,22 @@ def answers_match(predicted: str | None, gold: str) -> bool:
     predicted = predicted.strip()
     if not predicted or len(predicted) > MAX_ANSWER_CHARS:
         return False
+    boxed = _BOXED.findall(predicted)  # "\\boxed{18}" -> "18": the boxed part is the answer
+    if boxed:
+        predicted = boxed[-1].strip()
+    value, gold_value = _exact_value(predicted), _exact_value(gold.strip())
+    if value is not None and gold_value is not None:
+        return value == gold_value
+    if (len(_POWER.findall(predicted)) > 1 or re.search(r"(\^|\*\*)\s*\{?\s*-?\d{3,}", predicted)
+            or _HUGE_EXPONENT.search(predicted) or _RATIO_BY_ZERO.search(predicted)):
+        return False  # towers, huge exponents, x/0: sympy would spend seconds; never a GSM8K answer
     if threading.current_thread() is threading.main_thread():
         try:  # math-verify uses SIGALRM for its timeouts, which only works in the main thread
             from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-            parsed = parse(predicted, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
-                           parsing_timeout=2)
+            # LaTeX parsing (antlr) is the slow part: only strings with a LaTeX command go through it.
+            configs = [LatexExtractionConfig(), ExprExtractionConfig()] if "\\" in predicted else [ExprExtractionConfig()]
+            parsed = parse(predicted, extraction_config=configs, parsing_timeout=2)
             if parsed:
                 return bool(verify(_parse_gold(gold), parsed, timeout_seconds=2))
         except Exception:  # noqa: BLE001 - any failure of the verifier is "not verified", never a crash

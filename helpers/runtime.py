@@ -135,10 +135,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def _json_safe(obj):
+    """NaN/inf -> None (strict JSON); containers recursively."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj) -> Path:
     import json
 
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def atomic_write_csv(path: str | Path, df) -> Path:

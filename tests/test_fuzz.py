@@ -6,6 +6,7 @@ unclosed / reordered tags, huge, negative, scientific, unicode-digit and fractio
 completion, take < 50 ms of CPU time, and never raise. Counts are printed (run with -s to see them).
 """
 import ast
+import gc
 import math
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ NUMBERS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["1e308", "-1e-308", "1,000,000", "$18.00", "18%", "\\frac{1}{3}", "3/0", "0/0", "١٨",
                      "⅔", "½", "²", "１８", "18.", ".5", "--5", "1e99999", "NaN", "inf", "\\boxed{", "\\sqrt{-1}",
-                     "10^{10^{10}}", "9" * 400]),
+                     "10^{10^{10}}", "9**9**9", "2^{2^{2^{2}}}", "1e308", "\\frac{1}{0}", "9" * 400]),
 )
 CODE = st.sampled_from(["__import__('os').system('rm -rf /')", "exec('x=1')", "eval('2+2')", "lambda: 0",
                         "{{7*7}}", "${jndi:ldap://x}", "'; DROP TABLE t; --", "\\input{/etc/passwd}",
@@ -37,17 +38,23 @@ COMPLETION = st.one_of(
     st.builds(lambda a, b: f"<answer><reasoning>{a}</answer></reasoning><answer>{b}", PIECE, PIECE),
 )
 
+# Gold answers come from the dataset (trusted): GSM8K golds are plain integers or decimals.
+GOLD = st.one_of(st.integers(min_value=-10**12, max_value=10**12).map(str),
+                 st.decimals(min_value=-10**6, max_value=10**6, places=2, allow_nan=False).map(str))
 PUBLIC_REWARDS = {n: getattr(rewards, n) for n in dir(rewards) if n.endswith("_reward")}
 STATS: dict[str, dict] = {}
 
 
 def _check(name, fn, value_ok):
     st_ = STATS.setdefault(name, {"calls": 0, "exceptions": 0, "non_finite": 0, "slowest_ms": 0.0})
+    for warm in ("<answer>1</answer>", "<answer>\\sqrt{x}</answer>"):  # first-call imports (sympy, the
+        fn(warm, "1")  # LaTeX parser of math-verify) are a one-off cost, not a per-call one
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(text=COMPLETION, gold=NUMBERS)
+    @given(text=COMPLETION, gold=GOLD)
     def run(text, gold):
+        gc.disable()  # a collection of hypothesis' garbage is not the function's cost
         t = time.thread_time()  # CPU time of this thread: a loaded machine does not inflate it
         try:
             out = fn(text, gold)
@@ -55,8 +62,11 @@ def _check(name, fn, value_ok):
             st_["exceptions"] += 1
             raise
         finally:
+            gc.enable()
             st_["calls"] += 1
-            st_["slowest_ms"] = max(st_["slowest_ms"], (time.thread_time() - t) * 1000)
+            ms = (time.thread_time() - t) * 1000
+            if ms > st_["slowest_ms"]:
+                st_["slowest_ms"], st_["slowest_input"] = ms, text[:120]
         if not value_ok(out):
             st_["non_finite"] += 1
             raise AssertionError(f"{name} returned {out!r} for {text[:80]!r}")
@@ -64,7 +74,7 @@ def _check(name, fn, value_ok):
     run()
     print(f"\n{name}: {st_}")
     assert st_["calls"] >= EXAMPLES and st_["exceptions"] == 0 and st_["non_finite"] == 0
-    assert st_["slowest_ms"] < 50, f"{name}: slowest call {st_['slowest_ms']:.1f} ms"
+    assert st_["slowest_ms"] < 50, f"{name}: slowest call {st_['slowest_ms']:.1f} ms on {st_['slowest_input']!r}"
 
 
 def _one_finite_float(out):

@@ -112,3 +112,10 @@ def test_reward_table_shows_each_reward():
     df = rewards.reward_table([GOOD, "18"], ["18", "18"])
     assert list(df["correctness_reward"]) == [2.0, 0.0]
     assert set(rewards.RULE_REWARD_FUNCS) <= set(df.columns)
+
+
+@pytest.mark.parametrize("answer", ["9**9**9", "10^{10^{10}}", "2^{2^{2^{2}}}", "1e99999", "3/0", "\\frac{1}{0}",
+                                    "1e308"])
+def test_pathological_answers_are_wrong_not_slow(answer):
+    """Power towers, huge exponents and division by zero never reach sympy (they could take seconds there)."""
+    assert correctness_reward(completions=[wrap(answer)], answer=["18"]) == [0.0]
