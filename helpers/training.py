@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
-import math
 import os
 import re
 import time
@@ -402,8 +401,3 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def weighted_reward_names(cfg: RunConfig, reward_funcs: Sequence[Callable]) -> list[str]:
-    """Names of the reward functions that count (weight != 0), for plots and tables."""
-    return [f.__name__ for f in reward_funcs if not math.isclose(cfg.reward_weights.get(f.__name__, 1.0), 0.0)]

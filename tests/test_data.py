@@ -104,3 +104,15 @@ def test_unknown_split_and_source():
         data.load_gsm8k_rows("validation", "bundled")
     with pytest.raises(ConfigError, match="dataset_source"):
         data.load_gsm8k_rows("test", "s3")
+
+
+def test_pass_at_k_and_auroc():
+    from helpers.evaluation import auroc, pass_at_k
+
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 4, 1) == 1.0
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert auroc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert auroc([0.1, 0.2], [True, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([1.0, 2.0], [False, False]) != auroc([1.0, 2.0], [False, False])  # NaN: one class empty
