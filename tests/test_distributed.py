@@ -1,4 +1,4 @@
-"""Two processes on the CPU (accelerate + gloo) run the smoke preset like one process would."""
+"""Two processes on the CPU (accelerate launch, gloo backend) run the smoke preset like one process would."""
 import json
 import os
 import subprocess
@@ -25,7 +25,9 @@ def _run(cmd, tmp_path):
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(tmp_path):
     # Same global batch: 1 process x 2 completions == 2 processes x 1 completion (num_generations = 2).
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    # accelerate's `--cpu` flag alone keeps one process (its multi-CPU path needs MPI); `--multi_gpu` goes through
+    # torchrun, and with no CUDA device accelerate runs the processes as MULTI_CPU with the gloo backend.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     t2, out2 = _run(launcher + COMMON + ["--run-name", "two", "--set", "per_device_batch=1"], tmp_path)
     t1, out1 = _run([sys.executable] + COMMON + ["--run-name", "one", "--set", "per_device_batch=2"], tmp_path)
