@@ -137,16 +137,26 @@ def score_encoded(model, encoded: Sequence[tuple[list[int], int]], *, batch_size
                 for i, lp in zip(idx, _score_shared_prefix(model, [encoded[i] for i in idx], batch_size, pad_id)):
                     results[i] = lp
         else:
-            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-            batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-            if progress:
-                from tqdm.auto import tqdm
-
-                batches = tqdm(batches, desc="scoring", leave=False)
-            for batch in batches:
-                for i, lp in zip(batch, _score_batch(model, [encoded[i] for i in batch], pad_id)):
-                    results[i] = lp
+            results = _score_bucketed(model, encoded, batch_size, pad_id, progress=progress)
     return results  # type: ignore[return-value]
+
+
+def _score_bucketed(model, items, batch_size, pad_id, *, past_for=None, prefix_len: int = 0, progress=False):
+    """Score `items` in length-sorted batches (little padding); results in the input order.
+
+    `past_for(n)` gives a KV cache of the shared prefix for a batch of n (prefix sharing)."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="scoring", leave=False)
+    res: list = [None] * len(items)
+    for b in batches:
+        past = past_for(len(b)) if past_for is not None else None
+        for i, lp in zip(b, _score_batch(model, [items[i] for i in b], pad_id, past=past, prefix_len=prefix_len)):
+            res[i] = lp
+    return res
 
 
 def _score_batch(model, items, pad_id, past=None, prefix_len: int = 0):
@@ -199,24 +209,12 @@ def _score_shared_prefix(model, items, batch_size, pad_id):
             n += 1
         lcp = n
     if lcp < 8 or len(items) == 1:  # nothing worth sharing
-        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
-        res: list = [None] * len(items)
-        for s in range(0, len(order), batch_size):
-            b = order[s:s + batch_size]
-            for i, lp in zip(b, _score_batch(model, [items[i] for i in b], pad_id)):
-                res[i] = lp
-        return res
+        return _score_bucketed(model, items, batch_size, pad_id)
     device = _body_and_head(model)[1].weight.device
     prefix = torch.tensor([first_ids[:lcp]], device=device)
     _, cache = _hidden_states(model, prefix, torch.ones_like(prefix), past_key_values=_new_cache())
-    res = [None] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
-    for s in range(0, len(order), batch_size):
-        b = order[s:s + batch_size]
-        past = _repeat_cache(cache, len(b))
-        for i, lp in zip(b, _score_batch(model, [items[i] for i in b], pad_id, past=past, prefix_len=lcp)):
-            res[i] = lp
-    return res
+    return _score_bucketed(model, items, batch_size, pad_id, past_for=lambda n: _repeat_cache(cache, n),
+                           prefix_len=lcp)
 
 
 def _new_cache():
