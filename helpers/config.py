@@ -80,6 +80,9 @@ class RunConfig:
     sft_steps: int = 0
     sft_batch: int = 4
     sft_learning_rate: float = 2e-4
+    # --- writing task (notebook 04) --------------------------------------------------------
+    max_plan_tokens: int = 64  # the writing reward reads at most this many plan tokens (longer plans are cut)
+    max_target_tokens: int = 160  # reference continuations are trimmed to whole sentences within this budget
     # --- bookkeeping ----------------------------------------------------------------------
     logging_steps: int = 1
     save_steps: int = 25
@@ -206,6 +209,9 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
                  "eval_size", "eval_max_new_tokens", "eval_batch_size", "save_steps", "logging_steps"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1.")
+    if cfg.max_plan_tokens < 1 or cfg.max_target_tokens < 1:
+        raise ConfigError(f"max_plan_tokens={cfg.max_plan_tokens} and max_target_tokens={cfg.max_target_tokens} "
+                          "must be at least 1.")
     if cfg.sft_steps < 0:
         raise ConfigError(f"sft_steps={cfg.sft_steps} must be 0 (off) or more.")
     if cfg.loss_type not in ("grpo", "bnpo", "dr_grpo"):

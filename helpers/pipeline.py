@@ -32,10 +32,26 @@ class Experiment:
         if model is None:
             model, tokenizer = training.load_model(cfg, self.backend)
         self.model, self.tokenizer = model, tokenizer
-        self.train_rows, self.test_rows = data.load_for_run(cfg)
+        self.train_rows, self.test_rows = self.load_rows()
         self.evals: dict[str, tuple[dict, object]] = {}
         self.result: training.TrainResult | None = None
         self.sft: dict = {}
+
+    # Task hooks: GSM8K here; helpers.writing.WritingExperiment overrides them for stories.
+    def load_rows(self):
+        """(train rows, evaluation rows)."""
+        return data.load_for_run(self.cfg)
+
+    def train_dataset(self):
+        return data.grpo_dataset(self.train_rows)
+
+    def sft_rows(self) -> list[dict]:
+        """Cold-start examples: training questions *not* used by GRPO (when there are enough)."""
+        all_train = data.load_gsm8k_rows("train", self.cfg.dataset_source)
+        return all_train[len(self.train_rows):] or all_train
+
+    sft_kwargs: dict = {}
+    pre_training_labels: tuple[str, ...] = ("before",)  # evaluations GRPO does not make stale  # passed to training.cold_start_sft (completion_fn, dataset_fn)
 
     # ---------------------------------------------------------------------------------
     def evaluate(self, label: str, rows: Sequence[dict] | None = None, *, reuse: bool = True):
@@ -62,20 +78,19 @@ class Experiment:
 
         `sft_dir` (default: the run directory) holds sft_lora/; the ablation grid shares one across variants.
         """
-        all_train = data.load_gsm8k_rows("train", self.cfg.dataset_source)
-        unused = all_train[len(self.train_rows):]
-        self.model, self.sft = training.cold_start_sft(self.cfg, self.model, self.tokenizer, unused or all_train,
-                                                       Path(sft_dir or self.run_dir), backend=self.backend)
+        self.model, self.sft = training.cold_start_sft(self.cfg, self.model, self.tokenizer, self.sft_rows(),
+                                                       Path(sft_dir or self.run_dir), backend=self.backend,
+                                                       **self.sft_kwargs)
         return self.sft
 
     def train(self, reward_funcs: Sequence[Callable], *, extra_metrics=None, trainer_cls=None,
               extra_callbacks: Sequence = ()):
         if not training.is_finished(self.run_dir):  # the model is about to change: older "after" evals are stale
             for stale in self.run_dir.glob("eval_samples_*.csv"):
-                if stale.name != "eval_samples_before.csv":
+                if stale.stem.removeprefix("eval_samples_") not in self.pre_training_labels:
                     stale.unlink()
         self.result = training.train_grpo(
-            self.cfg, self.model, self.tokenizer, reward_funcs, data.grpo_dataset(self.train_rows), self.run_dir,
+            self.cfg, self.model, self.tokenizer, reward_funcs, self.train_dataset(), self.run_dir,
             backend=self.backend, extra_metrics=extra_metrics, trainer_cls=trainer_cls,
             extra_callbacks=extra_callbacks)
         return self.result

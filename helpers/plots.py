@@ -126,18 +126,20 @@ def accuracy_bars(table, label: str, save_to: Sequence[str | Path] = (),
     return fig
 
 
-def sample_browser(df, columns: Sequence[str] | None = None, title: str = "samples"):
-    """An ipywidgets slider over rows of a per-sample DataFrame (question, completion, each reward).
+def sample_browser(df, columns: Sequence[str] | None = None, title: str = "samples",
+                   text_fields: Sequence[str] = ("question", "gold", "completion")):
+    """An ipywidgets slider over rows of a per-sample DataFrame: its `text_fields` as text blocks, then
+    the values of `columns` (rewards, scores).
 
-    Falls back to printing the first row when ipywidgets is unavailable (plain terminals).
+    Falls back to printing the first row when ipywidgets is unavailable (plain terminals). Returns None.
     """
-    columns = list(columns or [c for c in df.columns if c not in ("question", "completion", "gold")])
+    columns = list(columns or [c for c in df.columns if c not in text_fields])
 
     def render(i: int) -> str:
         row = df.iloc[int(i)]
+        blocks = "\n".join(f"{f.upper().replace('_', ' ')}:\n{row.get(f, '')}" for f in text_fields)
         scores = "\n".join(f"  {c}: {row[c]}" for c in columns if c in row)
-        return (f"[{title} {int(i) + 1}/{len(df)}]\nQUESTION: {row.get('question', '')}\nGOLD: {row.get('gold', '')}\n"
-                f"COMPLETION:\n{row.get('completion', '')}\n{scores}")
+        return f"[{title} {int(i) + 1}/{len(df)}]\n{blocks}\n{scores}"
 
     try:
         import ipywidgets as widgets
@@ -155,9 +157,7 @@ def sample_browser(df, columns: Sequence[str] | None = None, title: str = "sampl
 
     slider.observe(show, names="value")
     show()
-    box = widgets.VBox([slider, out])
-    display(box)
-    return box
+    display(widgets.VBox([slider, out]))  # displayed here, not returned: a returned widget would show twice
 
 
 def trace_probe(curves: dict[str, Sequence[tuple[int, float]]], label: str, save_to: Sequence[str | Path] = ()):
@@ -171,6 +171,42 @@ def trace_probe(curves: dict[str, Sequence[tuple[int, float]]], label: str, save
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(label, fontsize=10)
+    fig.tight_layout()
+    _save(fig, save_to)
+    return fig
+
+
+def writing_bars(table, label: str, save_to: Sequence[str | Path] = ()):
+    """Notebook 04's evaluation: the reference's perplexity given no plan / the model's own plan / the
+    author's plan (lower = the plan helps more), then plan length and the stories' distinct-2, per model."""
+    plt = _plt()
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    groups = [c for c in ("ppl_no_plan", "ppl_own_plan", "ppl_author_plan") if c in table
+              and table[c].notna().any()]
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(table))
+    for i, (_, row) in enumerate(table.iterrows()):
+        vals = [row[g] for g in groups]
+        bars = axes[0].bar(x + i * width - 0.4 + width / 2, vals, width, label=str(row["model"]))
+        for b, v in zip(bars, vals):
+            axes[0].text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    axes[0].set_xticks(x, [g.replace("ppl_", "").replace("_", " ") for g in groups])
+    axes[0].set_ylabel(f"median perplexity of the reference\n({int(table['n'].iloc[0])} held-out stories)")
+    axes[0].legend(fontsize=8)
+    for ax, col, name in ((axes[1], "plan_tokens", "plan length (tokens)"),
+                          (axes[2], "distinct_2", "distinct-2 of the stories")):
+        vals = list(table[col])
+        bars = ax.bar(range(len(table)), vals, color=[f"C{i}" for i in range(len(table))])
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}" if v < 10 else f"{v:.0f}", ha="center",
+                    va="bottom", fontsize=8)
+        ax.set_xticks(range(len(table)), [str(m) for m in table["model"]], fontsize=8)
+        ax.set_title(name, fontsize=10)
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(label, fontsize=10)
     fig.tight_layout()
     _save(fig, save_to)
     return fig

@@ -3,9 +3,10 @@
     python -m helpers.run --stage rule --preset cpu
     python -m helpers.run --stage logprob --preset t4 --set transform=gmean_prob --set max_steps=300
     python -m helpers.run --stage ablation --preset cpu
+    python -m helpers.run --stage writing --preset cpu --set reward=vrcli
 
 `--set key=value` overrides any RunConfig field (values parsed as JSON when they parse, else strings);
-`transform` and `scorer` are options of the logprob stage. The notebooks and this CLI call the same
+`transform` and `scorer` are options of the logprob stage; `reward` (mean | vrcli) of the writing stage. The notebooks and this CLI call the same
 functions in helpers.pipeline.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ STAGES = {
     "rule": "notebook 01: GRPO with rule rewards (format + correctness)",
     "logprob": "notebook 02: GRPO with format rewards + log P(gold | prompt, own reasoning)",
     "ablation": "notebook 03: the preset's normalization ablation grid (helpers/ablations.py GRIDS)",
+    "writing": "notebook 04: story continuation, plan rewarded by the likelihood of a reference (mean | vrcli)",
 }
 
 
@@ -49,8 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sets = _parse_sets(args.set)
         transform, scorer = sets.pop("transform", "mean"), sets.pop("scorer", "policy")
+        kind = sets.pop("reward", "mean")
         preset = config.choose_preset(args.preset)
-        if args.stage == "ablation":
+        if args.stage == "writing":
+            from . import writing
+
+            cfg = writing.writing_config(preset, kind, **({"run_name": args.run_name} if args.run_name else {}),
+                                         **sets)
+            config.validate(cfg, num_processes=runtime.num_processes())
+        elif args.stage == "ablation":
             from . import ablations
 
             cfg = ablations.base_config(preset, **({"run_name": args.run_name} if args.run_name else {}), **sets)
@@ -76,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             print(table.to_string(index=False))
             runtime.saved_files(grid_dir)
         return 0
-    if args.stage == "rule":
+    if args.stage == "writing":
+        from . import writing
+
+        exp = writing.run_writing_stage(cfg, kind, backend=backend)
+    elif args.stage == "rule":
         exp = pipeline.run_rule_stage(cfg, backend=backend)
     else:
         exp = pipeline.run_logprob_stage(cfg, transform=transform, scorer=scorer, backend=backend)

@@ -246,7 +246,8 @@ def save_lora(model, tokenizer, path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------
 # Cold start SFT
 def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], run_dir: str | Path,
-                   backend: str = "hf"):
+                   backend: str = "hf", completion_fn: Callable[[dict], str] | None = None,
+                   dataset_fn: Callable | None = None):
     """Supervised warm-up on tagged gold solutions (TRL SFTTrainer, loss on the answer turn only).
 
     Returns (model, info). On the hf backend the SFT adapter is then merged into the base weights and a
@@ -254,6 +255,8 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
     reference is "adapter disabled"), as in DeepSeek-R1; otherwise the KL term would pull the policy back
     to the untagged base model. Solutions are kept short enough to fit in max_completion_length.
     Skipped when cfg.sft_steps == 0; on re-run the saved adapter is loaded instead of training again.
+    `completion_fn(row)` (the target text, used for the length filter) and `dataset_fn(rows)` (the SFT
+    dataset) default to GSM8K's tagged solutions; notebook 04 passes its plan + continuation versions.
     """
     run_dir = Path(run_dir)
     out = run_dir / "sft_lora"
@@ -268,9 +271,11 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
 
         from .data import format_solution, sft_dataset
 
+        completion_fn = completion_fn or (lambda r: format_solution(r["answer"]))
+        dataset_fn = dataset_fn or sft_dataset
         budget = int(cfg.max_completion_length * 0.75)
         short = [r for r in sft_rows
-                 if len(tokenizer(format_solution(r["answer"]), add_special_tokens=False)["input_ids"]) <= budget]
+                 if len(tokenizer(completion_fn(r), add_special_tokens=False)["input_ids"]) <= budget]
         rows = (short or list(sft_rows))[: cfg.sft_steps * cfg.sft_batch]
         precision = resolve_precision(cfg.precision)
         args = SFTConfig(
@@ -281,7 +286,7 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
             max_length=cfg.max_prompt_length + cfg.max_completion_length, completion_only_loss=True,
             dataloader_num_workers=0,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=tokenizer,
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset_fn(rows), processing_class=tokenizer,
                              callbacks=[MetricsCallback(run_dir / "sft_metrics.csv")])
         t0 = time.time()
         trainer.train()

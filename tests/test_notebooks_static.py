@@ -33,7 +33,7 @@ def colab_pins():
 
 
 def test_there_are_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS][:3] == ["01", "02", "03"]
+    assert [p.name[:2] for p in NOTEBOOKS][:4] == ["01", "02", "03", "04"]
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)

@@ -1,0 +1,308 @@
+"""Notebook 04's writing task: plan extraction, the writing reward (no plan, empty plan, plan over the
+limit), VR-CLI bucketing, the held-out split of the bundled stories, evaluation metrics and the judge."""
+import json
+import math
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import config, rewards, writing
+from helpers.config import ConfigError
+
+REF = "Then Mia found the red kite in the old oak tree. She climbed down and ran home to show her brother."
+OPENING = "Mia lost her red kite on a windy day. She looked everywhere in the park."
+
+
+# ---- plans ------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, plan, status", [
+    ("<reasoning>\n- find kite\n</reasoning>\n<answer>\nstory\n</answer>", "- find kite", "ok"),
+    ("<reasoning>\n- find kite\n<answer>\nstory", "- find kite", "unclosed"),
+    ("<reasoning>\n- find kite", "- find kite", "unclosed"),
+    ("- find kite\n<answer>\nstory\n</answer>", "- find kite", "untagged"),
+    ("Mia found it.", "Mia found it.", "untagged"),
+    ("<answer>\nstory\n</answer>", "", "missing"),
+    ("", "", "missing"),
+    ("<reasoning>\n\n</reasoning>\n<answer>\nstory\n</answer>", "", "empty"),
+    ("<reasoning>a</answer></reasoning>", "a</answer>", "ok"),
+])
+def test_extract_plan(text, plan, status):
+    assert writing.extract_plan(text) == (plan, status)
+
+
+@pytest.mark.parametrize("text, story", [
+    ("<reasoning>\np\n</reasoning>\n<answer>\nThe end.\n</answer>", "The end."),
+    ("<reasoning>\np\n</reasoning>\n<answer>\nThe end", "The end"),  # truncated generation
+    ("<reasoning>\np\n</reasoning>\nThe end.", "The end."),
+    ("<reasoning>\np never closed", ""),
+    ("Just a story.", "Just a story."),
+])
+def test_extract_continuation(text, story):
+    assert writing.extract_continuation(text) == story
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", "plan", " ", "é"]),
+                max_size=30).map("".join) | st.text(max_size=300))
+def test_plan_and_story_parsers_never_raise(text):
+    plan, status = writing.extract_plan(text)
+    assert isinstance(plan, str) and status in ("ok", "unclosed", "untagged", "missing", "empty")
+    assert isinstance(writing.extract_continuation(text), str)
+
+
+@pytest.mark.parametrize("bad", [None, 3, {"content": None}, [{"role": "assistant"}]])
+def test_parsers_accept_non_strings(bad):
+    assert writing.extract_plan(bad) == ("", "missing")
+    assert writing.extract_continuation(bad) == ""
+
+
+def test_plan_context_differs_only_by_the_plan():
+    p = "PROMPT "
+    assert writing.plan_context(p, "") == "PROMPT <reasoning>\n</reasoning>\n<answer>\n"
+    assert writing.plan_context(p, "- a") == "PROMPT <reasoning>\n- a\n</reasoning>\n<answer>\n"
+
+
+def test_limit_plan_cuts_long_plans_only(smol):
+    _, tok = smol
+    short = "- Mia looks in the tree."
+    assert writing.limit_plan(short, tok, 64) == (short, False, len(tok(short, add_special_tokens=False)["input_ids"]))
+    long = " ".join(["- Mia looks in the tree and finds the kite."] * 20)
+    cut, was_cut, n = writing.limit_plan(long, tok, 16)
+    assert was_cut and n > 16 and len(tok(cut, add_special_tokens=False)["input_ids"]) <= 17  # decode/re-encode
+    assert long.startswith(cut[:20])
+    assert writing.limit_plan("", tok, 8) == ("", False, 0)
+
+
+# ---- VR-CLI -----------------------------------------------------------------------------
+@pytest.mark.parametrize("improvement, level", [
+    (-50.0, 0.0), (0.0, 0.0), (0.049, 0.0), (0.05, 0.5), (0.99, 0.5), (1.0, 0.9), (1.99, 0.9), (2.0, 1.0),
+    (99.0, 1.0), (float("nan"), 0.0), (float("-inf"), 0.0),
+])
+def test_vrcli_bucketing(improvement, level):
+    assert writing.vrcli_bucket(improvement) == level
+
+
+def test_vrcli_custom_levels_and_bad_configuration():
+    assert writing.vrcli_bucket(7.0, thresholds=(5, 10), levels=(0, 0.5, 1)) == 0.5
+    with pytest.raises(ConfigError):
+        writing.vrcli_bucket(1.0, thresholds=(2, 1), levels=(0, 0.5, 1))
+    with pytest.raises(ConfigError):
+        writing.vrcli_bucket(1.0, thresholds=(1, 2), levels=(0, 1))
+
+
+def test_relative_improvement():
+    assert writing.relative_improvement(-2.0, -2.0) == 0.0
+    # PPL exp(2) -> exp(1.9): 100·(1 − e^−0.1) ≈ 9.52 %
+    assert writing.relative_improvement(-1.9, -2.0) == pytest.approx(100 * (1 - math.exp(-0.1)))
+    assert writing.relative_improvement(-3.0, -2.0) < 0
+    assert math.isfinite(writing.relative_improvement(-900.0, -1.0))  # huge loss: finite, very negative
+    assert writing.relative_improvement(0.0, -50.0) <= 100
+    assert math.isnan(writing.relative_improvement(float("nan"), -1.0))
+
+
+# ---- the reward on the real model ---------------------------------------------------------
+def _call(reward, completions, ref=REF):
+    prompt = writing.make_prompt(OPENING)
+    return reward(prompts=[prompt] * len(completions), completions=completions, answer=[ref] * len(completions))
+
+
+@pytest.mark.slow
+def test_no_plan_and_empty_plan_score_as_the_empty_plan(smol):
+    model, tok = smol
+    no_plan = "<answer>\nThey found it.\n</answer>"
+    empty = "<reasoning>\n</reasoning>\n<answer>\nThey found it.\n</answer>"
+    mean = writing.writing_reward(model, tok, "mean")
+    r_none, r_empty = _call(mean, [no_plan, empty])
+    stats = mean.stats.flush()
+    baseline = writing.score_plans(model, tok, [writing.prompt_text(tok, writing.make_prompt(OPENING))], [""], [REF])[0]
+    assert r_none == pytest.approx(baseline, abs=1e-5) and r_empty == pytest.approx(baseline, abs=1e-5)
+    assert stats["writing_mean/plan_missing_frac"] == 1.0 and stats["writing_mean/improvement_pct"] == pytest.approx(0, abs=1e-3)
+    vr = writing.writing_reward(model, tok, "vrcli")
+    assert _call(vr, [no_plan, empty]) == [0.0, 0.0]  # improvement exactly 0: lowest level
+
+
+@pytest.mark.slow
+def test_plan_over_the_limit_is_cut_and_flagged(smol):
+    model, tok = smol
+    long_plan = " ".join(["- Mia climbs the old oak tree and finds the red kite."] * 30)
+    reward = writing.writing_reward(model, tok, "mean", max_plan_tokens=24)
+    got = _call(reward, [f"<reasoning>\n{long_plan}\n</reasoning>\n<answer>\nx\n</answer>"])[0]
+    stats = reward.stats.flush()
+    cut, was_cut, n = writing.limit_plan(long_plan, tok, 24)
+    expected = writing.score_plans(model, tok, [writing.prompt_text(tok, writing.make_prompt(OPENING))], [cut], [REF])[0]
+    assert was_cut and got == pytest.approx(expected, abs=1e-5)
+    assert stats["writing_mean/plan_truncated_frac"] == 1.0 and stats["writing_mean/plan_tokens"] == n > 24
+
+
+@pytest.mark.slow
+def test_an_informative_plan_beats_no_plan(smol):
+    model, tok = smol
+    good = f"<reasoning>\n- {REF}\n</reasoning>\n<answer>\nx\n</answer>"  # a plan that tells the future
+    off = "<reasoning>\n- A spaceship lands on the moon and robots dance.\n</reasoning>\n<answer>\nx\n</answer>"
+    mean = writing.writing_reward(model, tok, "mean")
+    r_good, r_off, r_none = _call(mean, [good, off, "<answer>\nx\n</answer>"])
+    assert r_good > r_none and r_good > r_off
+    vr = writing.writing_reward(model, tok, "vrcli")
+    assert _call(vr, [good])[0] == 1.0
+
+
+@pytest.mark.slow
+def test_reward_is_defined_on_bad_input(smol):
+    model, tok = smol
+    mean = writing.writing_reward(model, tok, "mean", no_tag=-5.0)
+    weird = ["no tags at all", None, {"content": 3}, "<reasoning>" * 50, "é" * 2000]
+    out = _call(mean, weird)
+    assert len(out) == 5 and all(math.isfinite(x) for x in out)
+    assert out[0] == -5.0 and out[1] == -5.0  # untagged / missing plan: the constant
+    # a missing reference (empty answer column) gets the floor, never an exception
+    assert _call(writing.writing_reward(model, tok, "mean"), ["<reasoning>\np\n</reasoning>"], ref="") == [-20.0]
+
+
+@pytest.mark.slow
+def test_vrcli_scores_the_no_plan_baseline_once_per_story(smol, monkeypatch):
+    model, tok = smol
+    seen = []
+    real = writing._safe_score
+
+    def counting(m, t, contexts, *a, **k):
+        seen.append(len(contexts))
+        return real(m, t, contexts, *a, **k)
+
+    monkeypatch.setattr(writing, "_safe_score", counting)
+    vr = writing.writing_reward(model, tok, "vrcli")
+    comps = ["<reasoning>\n- Mia finds the kite.\n</reasoning>\n<answer>\nx\n</answer>"] * 2
+    _call(vr, comps)
+    _call(vr, comps)
+    assert seen == [1, 2, 0, 2]  # the frozen scorer's no-plan score is cached across steps
+
+
+def test_bad_reward_configuration_is_rejected_before_scoring():
+    with pytest.raises(ConfigError):
+        writing.writing_reward(None, None, "median")
+    with pytest.raises(ConfigError):
+        writing.writing_reward(None, None, "mean", scorer="judge")
+    with pytest.raises(ConfigError):
+        writing.writing_reward(None, None, "mean", max_plan_tokens=0)
+    with pytest.raises(ConfigError):
+        writing.writing_reward(None, None, "vrcli", thresholds=(1,), levels=(0, 0.5, 1))
+
+
+# ---- data ---------------------------------------------------------------------------------
+def test_bundled_stories_and_their_notice():
+    rows = writing.load_bundled_stories()
+    assert len(rows) >= 60
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        assert r["opening"] and r["continuation"] and r["plan"].startswith("- "), r["id"]
+    notice = (writing.BUNDLED_STORIES.parent / "README.md").read_text()
+    assert "CC0" in notice
+
+
+def test_heldout_split_is_disjoint_deterministic_and_order_free():
+    rows = writing.load_bundled_stories()
+    train, held = writing.heldout_split(rows)
+    assert {r["id"] for r in train}.isdisjoint({r["id"] for r in held})
+    assert len(train) + len(held) == len(rows) and len(held) >= 8
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)
+    assert {r["id"] for r in writing.heldout_split(shuffled)[1]} == {r["id"] for r in held}
+    # adding stories never moves an old one to the other side
+    more = rows + [{"id": f"new{i}", "opening": "a", "continuation": "b"} for i in range(50)]
+    assert {r["id"] for r in held} <= {r["id"] for r in writing.heldout_split(more)[1]}
+
+
+def test_heldout_split_rejects_repeats_and_empty_sides():
+    with pytest.raises(ConfigError, match="unique"):
+        writing.heldout_split([{"id": "a"}, {"id": "a"}])
+    with pytest.raises(ConfigError, match="non-empty"):
+        writing.heldout_split([{"id": "x"}], eval_frac=0.0)
+
+
+def test_sft_and_grpo_stories_are_disjoint():
+    train, _ = writing.heldout_split(writing.load_bundled_stories())
+    sft, grpo = writing.sft_grpo_split(train, cold_start=True)
+    assert sft and grpo and {r["id"] for r in sft}.isdisjoint({r["id"] for r in grpo})
+    assert writing.sft_grpo_split(train, cold_start=False) == ([], train)
+
+
+def test_missing_and_corrupt_story_files(tmp_path):
+    with pytest.raises(ConfigError, match="missing"):
+        writing.load_bundled_stories(tmp_path / "nope.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "a", "opening": "x", "continuation": "y"}) + "\n{not json\n")
+    with pytest.raises(ConfigError, match=":2"):
+        writing.load_bundled_stories(bad)
+    bad.write_text(json.dumps({"id": "a", "opening": "x"}) + "\n")
+    with pytest.raises(ConfigError, match="continuation"):
+        writing.load_bundled_stories(bad)
+
+
+def test_split_story_and_sentences():
+    text = 'Tom had a dog. "Come here!" he said. The dog ran. It found a stick. Tom laughed. They went home.'
+    assert writing.split_sentences(text)[1] == '"Come here!" he said.'
+    opening, cont = writing.split_story(text, opening_frac=0.3)
+    assert opening == 'Tom had a dog. "Come here!" he said.' and cont.startswith("The dog ran.")
+    assert writing.split_story("One. Two. Three.") is None  # too short to split
+    assert writing.split_story("") is None
+
+
+def test_trim_to_tokens_keeps_whole_sentences(smol):
+    _, tok = smol
+    text = " ".join(f"Sentence number {i} is here." for i in range(40))
+    out = writing.trim_to_tokens(text, tok, 30)
+    assert len(tok(out, add_special_tokens=False)["input_ids"]) <= 30 and out.endswith(".")
+    assert writing.trim_to_tokens("Short.", tok, 30) == "Short."
+    assert len(tok(writing.trim_to_tokens("word " * 100, tok, 10), add_special_tokens=False)["input_ids"]) <= 11
+
+
+def test_cold_start_targets_fit_and_are_well_formed(smol):
+    _, tok = smol
+    cfg = writing.writing_config("cpu")
+    rows = writing.cold_start_rows(writing.load_bundled_stories()[:10], tok, cfg)
+    assert len(rows) == 10
+    for r in rows:
+        assert len(tok(r["completion"], add_special_tokens=False)["input_ids"]) <= int(0.75 * cfg.max_completion_length) + 2
+        assert rewards.strict_format_reward(completions=[r["completion"]]) == [rewards.FORMAT_REWARD]
+        assert writing.extract_plan(r["completion"]) == (r["plan"], "ok")
+
+
+# ---- configuration ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", config.PRESETS)
+def test_writing_presets_validate(name):
+    cfg = writing.writing_config(name)
+    config.validate(cfg, gpu_available=True)
+    assert cfg.max_plan_tokens < cfg.max_completion_length and cfg.run_name == "04_writing_mean"
+    assert "writing_mean_reward" in cfg.reward_weights
+
+
+def test_writing_config_errors():
+    with pytest.raises(ConfigError, match="no room"):
+        writing.writing_config("smoke", max_plan_tokens=64, max_completion_length=32)
+    with pytest.raises(ConfigError, match="Unknown writing reward"):
+        writing.writing_config("smoke", kind="bleu")
+    with pytest.raises(ConfigError):
+        config.validate(writing.writing_config("smoke", max_target_tokens=0))
+
+
+# ---- evaluation metrics and the judge ------------------------------------------------------------
+def test_distinct_n():
+    assert writing.distinct_n(["a a a a"], 1) == 0.25
+    assert writing.distinct_n(["the cat sat", "the cat ran"], 2) == 0.75
+    assert math.isnan(writing.distinct_n([""], 2))
+
+
+def test_judge_needs_both_orders_to_agree(monkeypatch):
+    # scores come in groups of 4 per pair: (A, B) with `first` shown as A, then (A, B) with `first` shown as B
+    table = {"always A": [-0.1, -3.0, -0.1, -3.0], "prefers first": [-0.1, -3.0, -3.0, -0.1],
+             "prefers second": [-3.0, -0.1, -0.1, -3.0]}
+    order = list(table)
+    monkeypatch.setattr(writing, "_safe_score", lambda *a, **k: [[x] for name in order for x in table[name]])
+
+    class Tok:
+        def apply_chat_template(self, chat, **k):
+            return chat[0]["content"]
+
+    got = writing.judge_preferences(None, Tok(), ["o"] * 3, ["x"] * 3, ["y"] * 3)
+    assert list(got["verdict"]) == ["tie", "win", "loss"]  # position bias gives a tie, not a win
+    assert "{opening}" in writing.JUDGE_PROMPT and "longer" in writing.JUDGE_PROMPT
