@@ -191,7 +191,7 @@ def test_bad_reward_configuration_is_rejected_before_scoring():
 # ---- data ---------------------------------------------------------------------------------
 def test_bundled_stories_and_their_notice():
     rows = writing.load_bundled_stories()
-    assert len(rows) >= 60
+    assert len(rows) >= 75
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert r["opening"] and r["continuation"] and r["plan"].startswith("- "), r["id"]
@@ -306,3 +306,24 @@ def test_judge_needs_both_orders_to_agree(monkeypatch):
     got = writing.judge_preferences(None, Tok(), ["o"] * 3, ["x"] * 3, ["y"] * 3)
     assert list(got["verdict"]) == ["tie", "win", "loss"]  # position bias gives a tie, not a win
     assert "{opening}" in writing.JUDGE_PROMPT and "longer" in writing.JUDGE_PROMPT
+
+
+def test_before_after_pairs_and_summary_from_a_per_story_table():
+    import pandas as pd
+
+    def table(plan, lp):
+        return pd.DataFrame({"id": ["s1", "s2"], "opening": ["o1", "o2"], "reference": ["r1", "r2"],
+                             "author_plan": ["- a", "- b"], "plan": [plan, ""], "plan_status": ["ok", "missing"],
+                             "plan_tokens": [5, 0], "story": ["the cat sat", "the cat ran"], "story_words": [3, 3],
+                             "lp_plan": [lp, -2.0], "lp_noplan": [-2.0, -2.0], "lp_plan_frozen": [lp, -2.0],
+                             "lp_noplan_frozen": [-2.0, -2.0], "lp_author_plan": [-1.0, -1.0],
+                             "improvement_pct": [writing.relative_improvement(lp, -2.0), 0.0],
+                             "improvement_pct_frozen": [writing.relative_improvement(lp, -2.0), 0.0]})
+
+    before, after = table("- p", -2.5), table("- q", -1.5)
+    pairs = writing.before_after_pairs(before, after)
+    assert list(pairs["plan_before"]) == ["- p", ""] and list(pairs["plan_after"]) == ["- q", ""]
+    assert pairs["ppl_after"][0] == pytest.approx(math.exp(1.5), abs=1e-3)
+    s = writing.summarize(after, "after")
+    assert s["ppl_no_plan"] == pytest.approx(math.exp(2.0)) and s["ppl_author_plan"] == pytest.approx(math.e)
+    assert s["plan_format_rate"] == 0.5 and s["plan_helps_frac"] == 0.5 and s["distinct_2"] == 0.75
