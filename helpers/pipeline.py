@@ -118,16 +118,21 @@ class Experiment:
         table = self.table()
         saved = {"eval_table": self.run_dir / "eval_table.csv"}
         if self.result is not None and self.result.metrics_csv.exists():
-            plots.training_curves({self.cfg.run_name: self.result.metrics_csv}, self.label, smooth=3,
-                                  save_to=self._figure_paths(f"{prefix}_training_curves.png"))
+            self.plot_curves(self.result.metrics_csv, self._figure_paths(f"{prefix}_training_curves.png"))
             saved["curves"] = self.run_dir / f"{prefix}_training_curves.png"
         if len(table):
-            plots.accuracy_bars(table, self.label, save_to=self._figure_paths(f"{prefix}_before_after.png"))
+            self.plot_bars(table, self._figure_paths(f"{prefix}_before_after.png"))
             saved["bars"] = self.run_dir / f"{prefix}_before_after.png"
         runtime.atomic_write_json(self.run_dir / "summary.json", {
             "label": self.label, "eval": table.to_dict(orient="records"), "sft": self.sft,
             "train": {"status": self.result.status, "steps": self.result.steps} if self.result else None})
         return saved
+
+    def plot_curves(self, metrics_csv, save_to):
+        plots.training_curves({self.cfg.run_name: metrics_csv}, self.label, smooth=3, save_to=save_to)
+
+    def plot_bars(self, table, save_to):
+        plots.accuracy_bars(table, self.label, save_to=save_to)
 
     def saved_files(self) -> list[str]:
         """What is in the run directory, one line per entry (the notebooks' closing cell)."""

@@ -18,7 +18,6 @@ split into a training set and a held-out set by a hash of each story's id.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections import Counter
@@ -28,7 +27,7 @@ from typing import Sequence
 
 from .config import ConfigError, RunConfig
 from .data import ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN, completion_text
-from .logprob import RewardStats, _safe_score, prompt_text
+from .logprob import RewardStats, _safe_score, prompt_text, reward_inputs, scorer_scope
 
 BUNDLED_STORIES = Path(__file__).parent / "data_files" / "stories" / "stories.jsonl"
 HUB_DATASET = "roneneldan/TinyStories"  # license: CDLA-Sharing-1.0 (dataset card); synthetic stories by GPT-3.5/4
@@ -156,27 +155,17 @@ def heldout_split(rows: Sequence[dict], eval_frac: float = 0.2) -> tuple[list[di
 
 def load_bundled_stories(path: str | Path = BUNDLED_STORIES) -> list[dict]:
     """The bundled stories: {'id', 'title', 'opening', 'continuation', 'plan', 'source'} per row."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"Bundled stories file {path} is missing. Re-clone the repository or reinstall the "
-                          "package (`pip install -e .`), or set dataset_source='hub' where the hub is reachable.")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                story = {"id": str(row["id"]), "title": row.get("title", ""), "opening": row["opening"].strip(),
-                         "continuation": row["continuation"].strip(), "plan": row.get("plan", "").strip(),
-                         "source": "bundled"}
-            except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-                raise ConfigError(f"{path}:{lineno} is not a valid story row ({exc!r}); expected JSON with "
-                                  "'id', 'opening', 'continuation'. The file is corrupt.") from exc
-            if not story["opening"] or not story["continuation"]:
-                raise ConfigError(f"{path}:{lineno}: empty opening or continuation.")
-            rows.append(story)
-    return rows
+    from .data import read_jsonl
+
+    def parse(row: dict) -> dict:
+        story = {"id": str(row["id"]), "title": row.get("title", ""), "opening": row["opening"].strip(),
+                 "continuation": row["continuation"].strip(), "plan": row.get("plan", "").strip(),
+                 "source": "bundled"}
+        if not story["opening"] or not story["continuation"]:
+            raise ValueError("empty opening or continuation")
+        return story
+
+    return read_jsonl(path, "stories file", parse)
 
 
 def load_hub_stories(split: str, n: int, opening_frac: float = 0.3) -> list[dict]:
@@ -338,17 +327,10 @@ def writing_reward(model, tokenizer, kind: str = "mean", *, scorer: str | None =
     vrcli_bucket(0.0, thresholds, levels)  # validates thresholds/levels now, not mid-training
     stats = RewardStats(name or f"writing_{kind}")
     noplan_cache: dict[tuple[str, str], float] = {}  # only for the frozen scorer
-
-    def scope():
-        if scorer == "reference" and hasattr(model, "disable_adapter"):
-            return model.disable_adapter()
-        return nullcontext()
+    scope = scorer_scope(model, scorer)
 
     def reward(prompts=None, completions=(), answer=(), **kwargs) -> list[float]:
-        texts = [completion_text(c) for c in completions]
-        refs = [str(a) for a in (answer or [])]
-        refs = (refs + [""] * len(texts))[: len(texts)]
-        pstr = [prompt_text(tokenizer, p) for p in (list(prompts) if prompts is not None else [""] * len(texts))]
+        texts, refs, pstr = reward_inputs(tokenizer, prompts, completions, answer)
         plans, status, truncated, n_tokens = [], [], [], []
         for t in texts:
             plan, st = extract_plan(t)
@@ -407,7 +389,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 def score_plans(model, tokenizer, prompts: Sequence[str], plans: Sequence[str], refs: Sequence[str], *,
                 frozen: bool = False, batch_size: int = 8) -> list[float]:
     """Mean token log-prob of each reference given prompt + plan ("" = no plan); `frozen`: adapter off."""
-    scope = (lambda: model.disable_adapter()) if frozen and hasattr(model, "disable_adapter") else nullcontext
+    scope = scorer_scope(model, "reference" if frozen else "policy")
     lps = _safe_score(model, tokenizer, [plan_context(p, a) for p, a in zip(prompts, plans)], list(refs),
                       batch_size, None, True, scope, groups=list(prompts))
     return [mean_logprob(lp) for lp in lps]
@@ -556,6 +538,19 @@ def cold_start_rows(rows: Sequence[dict], tokenizer, cfg: RunConfig) -> list[dic
     return out
 
 
+def writing_curves(metrics_csv, kind: str, label: str, save_to=(), smooth: int = 3):
+    """Training curves of a writing run: total reward, the reference's mean log-prob with the plan and
+    with no plan (each step is a different story: that is most of the reward's movement), the
+    improvement over no plan, plan length and missing plans (collapse), format, length, KL."""
+    from . import plots
+
+    stat = f"writing_{kind}"
+    return plots.training_curves({"GRPO": metrics_csv}, label, smooth=smooth, save_to=save_to, columns=[
+        "reward", f"{stat}/mean_logprob", f"{stat}/noplan_logprob", f"{stat}/improvement_pct",
+        f"{stat}/plan_tokens", f"{stat}/plan_missing_frac", "rewards/strict_format_reward/mean",
+        "completions/mean_length", "kl"])
+
+
 def _writing_experiment_class():
     from . import pipeline, runtime
 
@@ -607,30 +602,14 @@ def _writing_experiment_class():
             self.evals[label] = (summary, df)
             return summary, df
 
-        def report(self, prefix: str = "04") -> dict:
-            """Eval table, training curves (reward, plan length, improvement over no plan) and bars."""
+        def plot_curves(self, metrics_csv, save_to):
+            kind = next((f.split("_")[1] for f in self.cfg.reward_weights if f.startswith("writing_")), "mean")
+            writing_curves(metrics_csv, kind, self.label, save_to=save_to)
+
+        def plot_bars(self, table, save_to):
             from . import plots
 
-            if not self.is_main:
-                return {}
-            table = self.table()
-            saved = {"eval_table": self.run_dir / "eval_table.csv"}
-            if self.result is not None and self.result.metrics_csv.exists():
-                name = next((f for f in self.cfg.reward_weights if f.startswith("writing_")), "writing_mean_reward")
-                stat = name.removesuffix("_reward")
-                plots.training_curves({self.cfg.run_name: self.result.metrics_csv}, self.label, smooth=3,
-                                      save_to=self._figure_paths(f"{prefix}_training_curves.png"), columns=[
-                                          f"rewards/{name}/mean", f"{stat}/mean_logprob", f"{stat}/improvement_pct",
-                                          f"{stat}/plan_tokens", f"{stat}/plan_missing_frac",
-                                          "rewards/strict_format_reward/mean", "completions/mean_length", "kl"])
-                saved["curves"] = self.run_dir / f"{prefix}_training_curves.png"
-            if len(table):
-                plots.writing_bars(table, self.label, save_to=self._figure_paths(f"{prefix}_before_after.png"))
-                saved["bars"] = self.run_dir / f"{prefix}_before_after.png"
-            runtime.atomic_write_json(self.run_dir / "summary.json", {
-                "label": self.label, "eval": table.to_dict(orient="records"), "sft": self.sft,
-                "train": {"status": self.result.status, "steps": self.result.steps} if self.result else None})
-            return saved
+            plots.writing_bars(table, self.label, save_to=save_to)
 
         def table(self):
             import pandas as pd

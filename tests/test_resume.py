@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CMD = [sys.executable, "-m", "helpers.run", "--stage", "rule", "--preset", "smoke", "--run-name", "killed",
-       "--set", "max_steps=4", "--set", "save_steps=1", "--set", "sft_steps=0"]
+def command(stage):
+    return [sys.executable, "-m", "helpers.run", "--stage", stage, "--preset", "smoke", "--run-name", "killed",
+            "--set", "max_steps=4", "--set", "save_steps=1", "--set", "sft_steps=0"]
 
 
 @pytest.mark.slow
-def test_kill_after_first_checkpoint_then_resume(tmp_path):
+@pytest.mark.parametrize("stage", ["rule", "writing"])
+def test_kill_after_first_checkpoint_then_resume(tmp_path, stage):
+    CMD = command(stage)  # noqa: N806
     env = {**os.environ, "GRPO_RUNS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     run = tmp_path / "killed"
     proc = subprocess.Popen(CMD, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -46,3 +49,4 @@ def test_kill_after_first_checkpoint_then_resume(tmp_path):
     assert (run / "final_lora" / "adapter_model.safetensors").exists()
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["resumed_from"] and summary["steps"] == 4
+    assert "eval_samples_before.csv from an earlier session" in log  # the evaluation is not redone either
