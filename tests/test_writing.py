@@ -327,3 +327,22 @@ def test_before_after_pairs_and_summary_from_a_per_story_table():
     s = writing.summarize(after, "after")
     assert s["ppl_no_plan"] == pytest.approx(math.exp(2.0)) and s["ppl_author_plan"] == pytest.approx(math.e)
     assert s["plan_format_rate"] == 0.5 and s["plan_helps_frac"] == 0.5 and s["distinct_2"] == 0.75
+
+
+def test_hub_stories_are_split_and_capped_without_downloading(monkeypatch):
+    import datasets
+
+    texts = ["Too short. Two.", "A had a cat. The cat ran. A ran too. They met Bo. Bo laughed. All went home.",
+             "X saw a star. It fell down. X found it. It was warm. X kept it. The end came."]
+    calls = []
+
+    def fake_load_dataset(name, split, streaming):
+        calls.append((name, split, streaming))
+        return iter({"text": t} for t in texts * 10)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    rows = writing.load_hub_stories("validation", 3)
+    assert calls == [(writing.HUB_DATASET, "validation", True)]  # streamed: no full download
+    assert len(rows) == 3 and all(r["opening"] and r["continuation"] and r["plan"] == "" for r in rows)
+    assert rows[0]["id"] == "tinystories-validation-1"  # the unsplittable first story was skipped
+    assert writing.sft_grpo_split(rows, cold_start=True) == ([], rows)  # no plans: no cold start
