@@ -183,12 +183,10 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
 
 def add_logprob_scores(model, tokenizer, samples, transforms: Sequence[str] = ("sum", "mean"), batch_size: int = 8):
     """Add the logprob reward of each sample (gold given its own reasoning) under each transform, in place."""
-    from .logprob import apply_transform, gold_context_target, prompt_text, score_targets
+    from .logprob import apply_transform, gold_logprobs
 
-    pairs = [gold_context_target(prompt_text(tokenizer, make_prompt(q)), c, g)
-             for q, c, g in zip(samples["question"], samples["completion"], samples["gold"])]
-    lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs],
-                        batch_size=batch_size, share_prefix=True)
+    lps = gold_logprobs(model, tokenizer, [make_prompt(q) for q in samples["question"]], samples["completion"],
+                        samples["gold"], batch_size)
     for name in transforms:
         samples[f"logprob_{name}"] = [apply_transform(name, x) for x in lps]
     return samples
@@ -206,14 +204,13 @@ def reward_auroc(samples, transforms: Sequence[str] = ("sum", "mean")) -> dict:
 def trace_probe(model, tokenizer, question: str, completion: str, gold: str) -> list[tuple[int, float]]:
     """log P(gold | prompt, first k lines of the reasoning) for k = 0..K: where does the answer become likely?"""
     from .data import split_reasoning
-    from .logprob import gold_context_target, prompt_text, score_targets
+    from .logprob import gold_logprobs, prompt_text
 
     reasoning, _ = split_reasoning(completion)
     lines = reasoning.split("\n")
     p = prompt_text(tokenizer, make_prompt(question))
     prefixes = ["\n".join(lines[:k]) + ("\n" if k else "") for k in range(len(lines) + 1)]
-    pairs = [gold_context_target(p, pre, gold) for pre in prefixes]
-    lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs], share_prefix=True)
+    lps = gold_logprobs(model, tokenizer, [p] * len(prefixes), prefixes, [gold] * len(prefixes))
     return [(k, sum(x)) for k, x in enumerate(lps)]
 
 
@@ -222,17 +219,15 @@ def best_of_n(model, tokenizer, samples, batch_size: int = 8) -> dict:
     model's confidence in its *own* answer (mean token log-prob of that answer given its own reasoning)."""
     from collections import Counter
 
-    from .logprob import apply_transform, gold_context_target, prompt_text, score_targets
+    from .logprob import apply_transform, gold_logprobs
 
     has = samples["own_answer"].map(lambda a: isinstance(a, str) and 0 < len(a) <= 200)
     conf = [float("-inf")] * len(samples)
     idx = [i for i, ok in enumerate(has) if ok]
     if idx:
-        sub = samples.iloc[idx]
-        pairs = [gold_context_target(prompt_text(tokenizer, make_prompt(q)), c, a)
-                 for q, c, a in zip(sub["question"], sub["completion"], sub["own_answer"])]
-        lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs],
-                            batch_size=batch_size, share_prefix=True)
+        sub = samples.iloc[idx]  # the model's own answer scored as if it were the gold one
+        lps = gold_logprobs(model, tokenizer, [make_prompt(q) for q in sub["question"]], sub["completion"],
+                            sub["own_answer"], batch_size)
         for i, x in zip(idx, lps):
             conf[i] = apply_transform("mean", x)
     samples = samples.assign(confidence=conf)

@@ -411,10 +411,15 @@ def _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, sha
             return out
 
 
+def gold_logprobs(model, tokenizer, prompts, completions, golds, batch_size: int = 8) -> list[list[float]]:
+    """Per-token log P(gold | prompt, reasoning of the completion) for each (prompt, completion, gold); a
+    prompt is a chat message list or an already templated string. The diagnostics all score through this."""
+    pairs = [gold_context_target(prompt_text(tokenizer, p), completion_text(c), g)
+             for p, c, g in zip(prompts, completions, golds)]
+    return score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs],
+                         batch_size=batch_size, share_prefix=True)
+
+
 def gold_perplexity(model, tokenizer, prompts, completions, golds, batch_size: int = 8) -> list[float]:
     """exp(-mean log P(gold token | prompt, own reasoning)) per completion: lower is better."""
-    pstr = [prompt_text(tokenizer, p) for p in prompts]
-    pairs = [gold_context_target(p, completion_text(c), g) for p, c, g in zip(pstr, completions, golds)]
-    lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs], batch_size=batch_size,
-                        share_prefix=True)
-    return [math.exp(-_mean(x)) for x in lps]
+    return [math.exp(-_mean(x)) for x in gold_logprobs(model, tokenizer, prompts, completions, golds, batch_size)]

@@ -56,22 +56,34 @@ class Experiment:
     # ---------------------------------------------------------------------------------
     def evaluate(self, label: str, rows: Sequence[dict] | None = None, *, reuse: bool = True):
         """(summary, per-question DataFrame) of greedy answers; cached as eval_samples_<label>.csv."""
-        import pandas as pd
-
         path = self.run_dir / f"eval_samples_{label}.csv"
         if not self.is_main:  # evaluation runs once, on the main process
             return {}, None
         if reuse and path.exists():
-            df = pd.read_csv(path, keep_default_na=False)
-            summary = evaluation.summarize(df, label)
+            df = self.read_samples(path)
+            summary = self.summarize(df, label)
             print(f"[eval] {label}: loaded {path.name} from an earlier session")
         else:
             lora = self.result.final_lora if (self.result and self.backend == "unsloth") else None
-            summary, df = evaluation.evaluate(self.model, self.tokenizer, rows or self.test_rows, self.cfg,
-                                              backend=self.backend, label=label, lora_path=lora)
+            summary, df = self.run_eval(rows or self.test_rows, label, lora)
             runtime.atomic_write_csv(path, df)
         self.evals[label] = (summary, df)
         return summary, df
+
+    # Evaluation hooks (the writing task has its own generation, metrics and CSV columns).
+    def run_eval(self, rows, label: str, lora_path):
+        return evaluation.evaluate(self.model, self.tokenizer, rows, self.cfg, backend=self.backend, label=label,
+                                   lora_path=lora_path)
+
+    @staticmethod
+    def read_samples(path):
+        import pandas as pd
+
+        return pd.read_csv(path, keep_default_na=False)
+
+    @staticmethod
+    def summarize(df, label: str) -> dict:
+        return evaluation.summarize(df, label)
 
     def cold_start(self, sft_dir: str | Path | None = None) -> dict:
         """SFT warm-up on tagged solutions of training questions *not* used by GRPO (when there are enough).

@@ -102,21 +102,26 @@ def training_curves(runs: dict[str, str | Path], label: str, save_to: Sequence[s
     return fig
 
 
+def _grouped_bars(ax, table, columns: Sequence[str], fmt: str, names: Sequence[str] | None = None):
+    """One group of bars per column, one bar per row of `table` (a model), each bar labelled with `fmt`."""
+    import numpy as np
+
+    x = np.arange(len(columns))
+    width = 0.8 / max(1, len(table))
+    for i, (_, row) in enumerate(table.iterrows()):
+        vals = [row[c] for c in columns]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=str(row["model"]))
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v, fmt.format(v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, list(names) if names is not None else [c.replace("_", " ") for c in columns])
+
+
 def accuracy_bars(table, label: str, save_to: Sequence[str | Path] = (),
                   metrics: Sequence[str] = ("strict_accuracy", "lenient_accuracy", "format_rate")):
     """Grouped bars: one group per metric, one bar per evaluated model (e.g. before / after)."""
     plt = _plt()
-    import numpy as np
-
     fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(metrics), 3.4))
-    x = np.arange(len(metrics))
-    width = 0.8 / max(1, len(table))
-    for i, (_, row) in enumerate(table.iterrows()):
-        vals = [row[m] for m in metrics]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=str(row["model"]))
-        for b, v in zip(bars, vals):
-            ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.0%}", ha="center", fontsize=8)
-    ax.set_xticks(x, [m.replace("_", " ") for m in metrics])
+    _grouped_bars(ax, table, metrics, "{:.0%}")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel(f"share of {int(table['n'].iloc[0])} questions")
     ax.legend(fontsize=8)
@@ -180,19 +185,10 @@ def writing_bars(table, label: str, save_to: Sequence[str | Path] = ()):
     """Notebook 04's evaluation: the reference's perplexity given no plan / the model's own plan / the
     author's plan (lower = the plan helps more), then plan length and the stories' distinct-2, per model."""
     plt = _plt()
-    import numpy as np
-
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     groups = [c for c in ("ppl_no_plan", "ppl_own_plan", "ppl_author_plan") if c in table
               and table[c].notna().any()]
-    x = np.arange(len(groups))
-    width = 0.8 / max(1, len(table))
-    for i, (_, row) in enumerate(table.iterrows()):
-        vals = [row[g] for g in groups]
-        bars = axes[0].bar(x + i * width - 0.4 + width / 2, vals, width, label=str(row["model"]))
-        for b, v in zip(bars, vals):
-            axes[0].text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    axes[0].set_xticks(x, [g.replace("ppl_", "").replace("_", " ") for g in groups])
+    _grouped_bars(axes[0], table, groups, "{:.2f}", names=[g.replace("ppl_", "").replace("_", " ") for g in groups])
     axes[0].set_ylabel(f"median perplexity of the reference\n({int(table['n'].iloc[0])} held-out stories)")
     axes[0].legend(fontsize=8)
     for ax, col, name in ((axes[1], "plan_tokens", "plan length (tokens)"),

@@ -25,6 +25,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
+from . import pipeline, plots
 from .config import ConfigError, RunConfig
 from .data import ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN, completion_text
 from .logprob import RewardStats, _safe_score, prompt_text, reward_inputs, scorer_scope
@@ -542,8 +543,6 @@ def writing_curves(metrics_csv, kind: str, label: str, save_to=(), smooth: int =
     """Training curves of a writing run: total reward, the reference's mean log-prob with the plan and
     with no plan (each step is a different story: that is most of the reward's movement), the
     improvement over no plan, plan length and missing plans (collapse), format, length, KL."""
-    from . import plots
-
     stat = f"writing_{kind}"
     return plots.training_curves({"GRPO": metrics_csv}, label, smooth=smooth, save_to=save_to, columns=[
         "reward", f"{stat}/mean_logprob", f"{stat}/noplan_logprob", f"{stat}/improvement_pct",
@@ -551,86 +550,57 @@ def writing_curves(metrics_csv, kind: str, label: str, save_to=(), smooth: int =
         "completions/mean_length", "kl"])
 
 
-def _writing_experiment_class():
-    from . import pipeline, runtime
+class WritingExperiment(pipeline.Experiment):
+    """pipeline.Experiment for the writing task: stories instead of GSM8K, its own evaluation and plots."""
 
-    class WritingExperiment(pipeline.Experiment):
-        """pipeline.Experiment for the writing task: stories instead of GSM8K, its own evaluation."""
+    pre_training_labels = ("before", "after_sft")
+    sft_kwargs = {"completion_fn": lambda r: r["completion"], "dataset_fn": sft_dataset}
 
-        def __init__(self, cfg: RunConfig, **kw):
-            self._tokenizer_for_data = kw.get("tokenizer")
-            super().__init__(cfg, **kw)
-            self.pre_training_labels = ("before", "after_sft")
-            self.sft_kwargs = {"completion_fn": lambda r: r["completion"], "dataset_fn": sft_dataset}
+    def load_rows(self):
+        """(GRPO stories, held-out stories); runs after the tokenizer loads (continuations trimmed in tokens)."""
+        train, held = load_for_run(self.cfg, self.tokenizer)
+        self.sft_pool, grpo = sft_grpo_split(train, self.cfg.sft_steps > 0)
+        print(f"[data] {len(grpo)} stories for GRPO, {len(self.sft_pool)} for the cold start, "
+              f"{len(held)} held out ({train[0]['source'] if train else '-'})")
+        return grpo, held
 
-        def load_rows(self):
-            return [], []  # loaded after the tokenizer (below): continuations are trimmed in tokens
+    def train_dataset(self):
+        return grpo_dataset(self.train_rows)
 
-        def train_dataset(self):
-            return grpo_dataset(self.train_rows)
+    def sft_rows(self):
+        return cold_start_rows(self.sft_pool, self.tokenizer, self.cfg)
 
-        def sft_rows(self):
-            rows = cold_start_rows(self.sft_pool, self.tokenizer, self.cfg)
-            if not rows:
-                print("[sft] no stories with an author's plan (hub data): the cold start has nothing to learn from.")
-            return rows
+    def cold_start(self, sft_dir=None) -> dict:
+        if self.cfg.sft_steps and not self.sft_pool:
+            print("[sft] no stories with an author's plan (hub data): the cold start has nothing to learn from.")
+            self.sft = {"sft": "skipped: no plans in the data"}
+            return self.sft
+        return super().cold_start(sft_dir)
 
-        def cold_start(self, sft_dir=None) -> dict:
-            if self.cfg.sft_steps and not self.sft_rows():
-                self.sft = {"sft": "skipped: no plans in the data"}
-                return self.sft
-            return super().cold_start(sft_dir)
+    def run_eval(self, rows, label: str, lora_path):
+        return evaluate(self.model, self.tokenizer, rows, self.cfg, backend=self.backend, label=label,
+                        lora_path=lora_path)
 
-        def evaluate(self, label: str, rows=None, *, reuse: bool = True):
-            import pandas as pd
+    @staticmethod
+    def read_samples(path):
+        import pandas as pd
 
-            path = self.run_dir / f"eval_samples_{label}.csv"
-            if not self.is_main:
-                return {}, None
-            if reuse and path.exists():
-                df = pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""])
-                for col in ("plan", "story", "author_plan", "completion"):
-                    if col in df:
-                        df[col] = df[col].fillna("").astype(str)
-                summary = summarize(df, label)
-                print(f"[eval] {label}: loaded {path.name} from an earlier session")
-            else:
-                lora = self.result.final_lora if (self.result and self.backend == "unsloth") else None
-                summary, df = evaluate(self.model, self.tokenizer, rows or self.test_rows, self.cfg,
-                                       backend=self.backend, label=label, lora_path=lora)
-                runtime.atomic_write_csv(path, df)
-            self.evals[label] = (summary, df)
-            return summary, df
+        df = pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""])  # scores may be NaN
+        for col in ("plan", "story", "author_plan", "completion"):  # texts may be empty, never NaN
+            if col in df:
+                df[col] = df[col].fillna("").astype(str)
+        return df
 
-        def plot_curves(self, metrics_csv, save_to):
-            kind = next((f.split("_")[1] for f in self.cfg.reward_weights if f.startswith("writing_")), "mean")
-            writing_curves(metrics_csv, kind, self.label, save_to=save_to)
+    @staticmethod
+    def summarize(df, label: str) -> dict:
+        return summarize(df, label)
 
-        def plot_bars(self, table, save_to):
-            from . import plots
+    def plot_curves(self, metrics_csv, save_to):
+        kind = next((f.split("_")[1] for f in self.cfg.reward_weights if f.startswith("writing_")), "mean")
+        writing_curves(metrics_csv, kind, self.label, save_to=save_to)
 
-            plots.writing_bars(table, self.label, save_to=save_to)
-
-        def table(self):
-            import pandas as pd
-
-            if not self.is_main:
-                return None
-            table = pd.DataFrame([s for s, _ in self.evals.values()])
-            runtime.atomic_write_csv(self.run_dir / "eval_table.csv", table)
-            return table
-
-    return WritingExperiment
-
-
-def WritingExperiment(cfg: RunConfig, **kw):  # noqa: N802 - a factory that reads like the class
-    """An Experiment for the writing task; data is loaded once the tokenizer exists (token-exact trimming)."""
-    exp = _writing_experiment_class()(cfg, **kw)
-    train, exp.test_rows = load_for_run(cfg, exp.tokenizer)
-    exp.sft_pool, exp.train_rows = sft_grpo_split(train, cfg.sft_steps > 0)
-    print(f"[data] {len(exp.train_rows)} stories for GRPO, {len(exp.sft_pool)} for the cold start, "
-          f"{len(exp.test_rows)} held out ({train[0]['source'] if train else '-'})")
-    return exp
+    def plot_bars(self, table, save_to):
+        plots.writing_bars(table, self.label, save_to=save_to)
 
 
 def sft_grpo_split(train: Sequence[dict], cold_start: bool) -> tuple[list[dict], list[dict]]:
