@@ -144,9 +144,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=15, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
         lora_r=16, lora_alpha=32, learning_rate=2e-5, temperature=1.0,
     ),
-    # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit, fp16. Use Qwen2.5-0.5B-Instruct to go faster.
+    # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit, fp16 (bf16 on an L4, which also gets this preset).
+    # Use Qwen2.5-0.5B-Instruct to go faster.
     "t4": dict(
-        model_name="Qwen/Qwen2.5-1.5B-Instruct", precision="fp16", load_in_4bit=True, requires_gpu=True,
+        model_name="Qwen/Qwen2.5-1.5B-Instruct", precision="auto", load_in_4bit=True, requires_gpu=True,
         gpu_memory_utilization=0.5, max_steps=500, num_generations=8, per_device_batch=8,
         max_prompt_length=256, max_completion_length=512, eval_size=200, eval_max_new_tokens=512,
         eval_batch_size=64, save_steps=50, lora_r=16, lora_alpha=16, learning_rate=5e-6,
@@ -166,11 +167,20 @@ def preset(name: str, **overrides: Any) -> RunConfig:
     """The named preset (`smoke`, `cpu`, `t4`, `a100`) with optional field overrides."""
     if name not in _PRESETS:
         raise ConfigError(f"Unknown preset {name!r}. Choose one of {list(_PRESETS)}.")
-    return RunConfig(preset=name).override(**_PRESETS[name]).override(**overrides)
+    cfg = RunConfig(preset=name).override(**_PRESETS[name]).override(**overrides)
+    return cfg.override(backend=backend_request(cfg))
+
+
+def backend_request(cfg: RunConfig) -> str:
+    """The backend to ask `runtime.pick_backend` for: the embedded GGUF model always runs on `hf`
+    (Unsloth cannot load `embedded:` names), so `auto` becomes `hf` for it, also on a GPU runtime."""
+    return "hf" if cfg.model_name == EMBEDDED_MODEL and cfg.backend == "auto" else cfg.backend
 
 
 def choose_preset(name: str | None = None) -> str:
-    """Explicit name, else $GRPO_PRESET, else by hardware: a100 (bf16 GPU), t4 (other GPU), cpu."""
+    """Explicit name, else $GRPO_PRESET, else by hardware: `a100` on a GPU with bf16 (compute capability >= 8)
+    and at least 35 GiB, `t4` on any other GPU (T4, L4, ...), `cpu` without one. Decided from the compute
+    capability and the memory, never from torch.cuda.is_bf16_supported() (True on a T4 since torch 2.4)."""
     name = name or os.environ.get("GRPO_PRESET") or ""
     name = name.strip().lower()
     if name and name != "auto":
@@ -184,7 +194,8 @@ def choose_preset(name: str | None = None) -> str:
 
     if not runtime.has_cuda():
         return "cpu"
-    return "a100" if runtime.bf16_supported() else "t4"
+    info = runtime.gpu_info()
+    return "a100" if runtime.bf16_supported() and info["memory_gib"] >= runtime.A100_PRESET_MIN_GIB else "t4"
 
 
 def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | None = None) -> RunConfig:
@@ -223,6 +234,9 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
         )
     if cfg.backend not in ("auto", "hf", "unsloth"):
         raise ConfigError(f"Unknown backend {cfg.backend!r}. Choose 'auto', 'hf' or 'unsloth'.")
+    if cfg.backend == "unsloth" and cfg.model_name == EMBEDDED_MODEL:
+        raise ConfigError("The embedded SmolLM2 GGUF model runs on the 'hf' backend only (Unsloth loads hub models). "
+                          "Set BACKEND='hf' (or 'auto'), or pick the t4/a100 preset for Unsloth.")
     if cfg.vllm_mode not in ("auto", "off", "server", "colocate"):
         raise ConfigError(f"Unknown vllm_mode {cfg.vllm_mode!r}. Choose 'auto', 'off', 'server' or 'colocate'.")
     if cfg.precision not in ("auto", "fp32", "fp16", "bf16"):
@@ -249,6 +263,15 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
         gpu_available = runtime.has_cuda()
     if cfg.vllm_mode in ("server", "colocate") and not gpu_available:
         raise ConfigError(f"vllm_mode={cfg.vllm_mode!r} needs a CUDA GPU and none was found. Use vllm_mode='off'.")
+    if gpu_available and cfg.precision == "bf16":
+        from . import runtime
+
+        info = runtime.gpu_info()
+        if info is not None and not runtime.bf16_supported():
+            raise ConfigError(
+                f"precision='bf16' but the GPU ({info['name']}, compute capability "
+                f"{'.'.join(map(str, info['capability']))}) has no bf16 (it needs 8.0+, e.g. an A100 or L4). "
+                "On a T4 use the t4 preset (fp16), or set precision='auto'.")
     if cfg.requires_gpu and not gpu_available:
         raise ConfigError(
             f"Preset {cfg.preset!r} needs a CUDA GPU and none was found. On Colab: Runtime > Change runtime type > "

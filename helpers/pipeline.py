@@ -26,7 +26,10 @@ class Experiment:
         config_mod.validate(cfg, num_processes=runtime.num_processes())
         self.cfg = cfg
         self.is_main = runtime.is_main_process()  # under accelerate, only the main process evaluates and writes
-        self.backend = backend or runtime.pick_backend(cfg.backend)
+        self.backend = backend or runtime.pick_backend(config_mod.backend_request(cfg))
+        if self.backend == "unsloth" and cfg.model_name == config_mod.EMBEDDED_MODEL:
+            raise config_mod.ConfigError("The embedded SmolLM2 GGUF model runs on the 'hf' backend only: pass "
+                                         "backend='hf' (BACKEND='hf' in the notebook form).")
         self.run_dir = runtime.run_dir(cfg.project, cfg.run_name)
         self.figures_dir = Path(figures_dir) if figures_dir else None
         if model is None:

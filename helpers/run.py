@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    backend = runtime.pick_backend(cfg.backend)
+    backend = runtime.pick_backend(config.backend_request(cfg))
     runtime.banner(backend, cfg)
     if args.stage == "ablation":
         from . import ablation_plots, plots

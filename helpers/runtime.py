@@ -29,13 +29,37 @@ def has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+# An A100 has 40 or 80 GB; an L4 (24 GB) has bf16 but not the memory for the a100 preset (Qwen2.5-3B in 16 bit,
+# 1024-token completions, vLLM taking 60 % of the card).
+A100_PRESET_MIN_GIB = 35.0
+
+
 @lru_cache(maxsize=None)
-def bf16_supported() -> bool:
+def gpu_info() -> dict | None:
+    """{'name', 'capability': (major, minor), 'memory_gib'} of CUDA device 0, or None without CUDA."""
     if not has_cuda():
-        return False
+        return None
     import torch
 
-    return bool(torch.cuda.is_bf16_supported())
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "capability": tuple(torch.cuda.get_device_capability(0)),
+            "memory_gib": props.total_memory / 2**30}
+
+
+@lru_cache(maxsize=None)
+def bf16_supported() -> bool:
+    """bf16 in hardware: compute capability 8.0 or newer (Ampere: A100, L4, ...; not the T4, sm75).
+
+    Not `torch.cuda.is_bf16_supported()`: since torch 2.4 it counts *emulation* and says True on a T4,
+    until Unsloth re-patches it at import (unsloth/__init__.py), which may not have happened yet."""
+    info = gpu_info()
+    return info is not None and info["capability"] >= (8, 0)
+
+
+def reset_hardware_cache() -> None:
+    """Forget cached hardware answers (tests simulate GPUs; nothing else needs this)."""
+    for fn in (has_cuda, gpu_info, bf16_supported, pick_backend):
+        getattr(fn, "cache_clear", lambda: None)()
 
 
 @lru_cache(maxsize=None)
@@ -107,7 +131,8 @@ def banner(backend: str | None = None, cfg=None) -> str:
         import torch
 
         props = torch.cuda.get_device_properties(0)
-        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, bf16={bf16_supported()}")
+        cap = ".".join(map(str, gpu_info()["capability"]))
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, sm{cap}, bf16={bf16_supported()}")
     else:
         lines.append("GPU: none (CPU path)")
     if backend:

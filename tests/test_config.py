@@ -14,7 +14,7 @@ def test_presets_are_valid(name):
 def test_cpu_presets_use_the_embedded_model_and_gpu_presets_qwen():
     assert config.preset("cpu").model_name == config.EMBEDDED_MODEL
     assert config.preset("smoke").model_name == config.EMBEDDED_MODEL
-    assert config.preset("t4").model_name.startswith("Qwen/Qwen2.5-") and config.preset("t4").precision == "fp16"
+    assert config.preset("t4").model_name.startswith("Qwen/Qwen2.5-") and config.preset("t4").precision == "auto"
     assert config.preset("a100").model_name == "Qwen/Qwen2.5-3B-Instruct" and config.preset("a100").precision == "bf16"
     assert config.preset("cpu").sft_steps > 0 and config.preset("t4").sft_steps == 0
 
