@@ -10,12 +10,22 @@
 - `share_prefix=True` (the default in the reward) computes the key/value cache of the longest
   common token prefix of a group once (the G completions of one prompt share it) and runs only the
   continuations: cheaper than one forward per sequence.
-- we never read `model(...).logits`, so Unsloth's UNSLOTH_RETURN_HIDDEN_STATES trap (logits that are
-  really hidden states) cannot bite; `_to_logits` still guards the fallback path.
+- we never trust `model(...).logits` to be logits: Unsloth's UNSLOTH_RETURN_HIDDEN_STATES makes it hold
+  hidden states, and `_to_logits` applies the LM head when the last dimension is not the vocabulary.
+
+On a model Unsloth has patched (`is_unsloth_model`), the decoder body must not be called directly:
+unsloth 2025.6.12 replaces it with `LlamaModel_fast_forward` (unsloth/models/llama.py), which reads
+`past_key_values[0][0]` whenever a cache is passed (an empty DynamicCache raises KeyError), whose RoPE
+ignores `position_ids`, and which gets its causal mask only from the top-level `CausalLM_fast_forward`
+(called alone it attends both ways). There the scorer calls the top-level model with
+UNSLOTH_RETURN_HIDDEN_STATES=1 and use_cache=False, never shares a prefix cache, and caps sequences at the
+model's `max_seq_length` (beyond it Unsloth truncates silently). tests/test_gpu_path.py emulates that
+forward on CPU; tests/test_colab_contract.py pins these lines in the wheel's source.
 """
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Sequence
@@ -43,7 +53,50 @@ def _to_logits(x, head, vocab_size: int):
     return x if x.shape[-1] == vocab_size else head(x)
 
 
+def is_unsloth_model(model) -> bool:
+    """True when Unsloth has patched this model's classes (their forward functions live in `unsloth.*`)."""
+    lm = _causal_lm(model)
+    for obj in (lm, getattr(lm, "model", None)):
+        forward = getattr(type(obj), "forward", None) if obj is not None else None
+        if str(getattr(forward, "__module__", "") or "").startswith("unsloth"):
+            return True
+    return False
+
+
+def max_scoring_length(model) -> int | None:
+    """The longest sequence the scorer may feed the model: Unsloth's `max_seq_length` (it silently truncates
+    longer inputs), else the model's context window."""
+    lm = _causal_lm(model)
+    limits = [getattr(lm, "max_seq_length", None), getattr(getattr(lm, "model", None), "max_seq_length", None),
+              getattr(getattr(lm, "config", None), "max_position_embeddings", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and x > 0]
+    return min(limits) if limits else None
+
+
+@contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def _hidden_states(model, input_ids, attention_mask, past_key_values=None, position_ids=None):
+    """(last hidden states, KV cache or None). On an Unsloth model: through the top-level forward (the only
+    one that supplies the causal mask), hidden states requested with UNSLOTH_RETURN_HIDDEN_STATES=1, no cache.
+    What comes back there may still be logits (if Unsloth ignored the variable): callers use `_to_logits`."""
+    if is_unsloth_model(model):
+        if past_key_values is not None:
+            raise RuntimeError("A KV cache cannot be passed to an Unsloth-patched model (it reads "
+                               "past_key_values[0][0] and ignores position_ids): score without share_prefix.")
+        with _env("UNSLOTH_RETURN_HIDDEN_STATES", "1"):
+            out = _causal_lm(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.logits, None
     body, head = _body_and_head(model)
     if body is not None:
         out = body(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
@@ -111,8 +164,8 @@ def score_targets(model, tokenizer, contexts: Sequence[str], targets: Sequence[s
     """
     if len(contexts) != len(targets):
         raise ValueError(f"{len(contexts)} contexts but {len(targets)} targets")
-    if max_length is None:
-        max_length = getattr(_causal_lm(model).config, "max_position_embeddings", None)
+    limit = max_scoring_length(model)
+    max_length = limit if max_length is None else min(max_length, limit or max_length)
     encoded = [encode_pair(tokenizer, c, t, max_length) for c, t in zip(contexts, targets)]
     return score_encoded(model, encoded, batch_size=batch_size, share_prefix=share_prefix, progress=progress,
                          pad_id=tokenizer.pad_token_id or 0, groups=groups)
@@ -127,6 +180,7 @@ def score_encoded(model, encoded: Sequence[tuple[list[int], int]], *, batch_size
     results: list[list[float] | None] = [None] * len(encoded)
     if not encoded:
         return []
+    share_prefix = share_prefix and not is_unsloth_model(model)  # no KV cache through Unsloth's forward
     with torch.no_grad(), _eval_mode(model):
         if share_prefix:
             keys = groups if groups is not None else [tuple(ids[:64]) for ids, _ in encoded]
@@ -393,22 +447,48 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
     return reward
 
 
+class ScorerError(RuntimeError):
+    """The scorer itself failed (not a bad input): training must stop, not go on with floor rewards."""
+
+
+def encode_scorable(tokenizer, contexts, targets, max_length: int | None):
+    """encode_pair for each pair, or None for an unscorable *input* (an empty target, or a target that does
+    not fit in max_length): those get the floor reward. Nothing else is caught here."""
+    out = []
+    for c, t in zip(contexts, targets):
+        try:
+            ids, first = encode_pair(tokenizer, c, t, max_length)
+        except ValueError:
+            out.append(None)
+            continue
+        out.append((ids, first) if first < len(ids) else None)
+    return out
+
+
 def _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope, groups=None):
-    """score_targets that never raises mid-training: a pair that cannot be scored gets None."""
+    """Per-token log-probs per pair; None for an unscorable input (floor reward). A failure of the scorer
+    itself raises ScorerError at once, with what to do: a reward that silently became the floor for every
+    completion would train on noise."""
     if not contexts:
         return []
+    limit = max_scoring_length(model)
+    max_length = limit if max_length is None else min(max_length, limit or max_length)
+    encoded = encode_scorable(tokenizer, contexts, targets, max_length)
+    ok = [i for i, e in enumerate(encoded) if e is not None]
+    out: list = [None] * len(encoded)
     with scope():
         try:
-            return score_targets(model, tokenizer, contexts, targets, batch_size=batch_size, max_length=max_length,
-                                 share_prefix=share_prefix, groups=groups)
-        except ValueError:
-            out = []
-            for c, t in zip(contexts, targets):
-                try:
-                    out.append(score_targets(model, tokenizer, [c], [t], batch_size=1, max_length=max_length)[0])
-                except ValueError:
-                    out.append(None)
-            return out
+            scored = score_encoded(model, [encoded[i] for i in ok], batch_size=batch_size, share_prefix=share_prefix,
+                                   pad_id=tokenizer.pad_token_id or 0,
+                                   groups=[groups[i] for i in ok] if groups is not None else None)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context, never swallowed
+            raise ScorerError(
+                f"The logprob scorer failed ({type(exc).__name__}: {exc}). This is a bug or an incompatible "
+                "backend, not a bad completion. On a GPU, run the notebook with BACKEND='hf' (transformers + peft) "
+                "and report the error.") from exc
+    for i, lps in zip(ok, scored):
+        out[i] = lps
+    return out
 
 
 def gold_logprobs(model, tokenizer, prompts, completions, golds, batch_size: int = 8) -> list[list[float]]:

@@ -91,3 +91,143 @@ def test_embedded_model_always_runs_on_hf(fake_gpu, name):
     assert runtime.pick_backend(config.backend_request(cfg)) == "hf"
     with pytest.raises(ConfigError, match="embedded SmolLM2 GGUF model runs on the 'hf' backend"):
         config.validate(cfg.override(backend="unsloth"), gpu_available=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The scorer on an Unsloth-patched model, emulated on CPU.
+# unsloth 2025.6.12 replaces LlamaModel/Qwen2Model.forward with LlamaModel_fast_forward, which (read from the
+# wheel, unsloth/models/llama.py; pinned by tests/test_colab_contract.py):
+#   - reads past_key_values[0][0] whenever a cache is passed (an empty DynamicCache raises KeyError),
+#   - ignores position_ids (its RoPE takes positions 0..n-1 of the current input),
+#   - attends both ways unless the top-level CausalLM_fast_forward passes a causal mask,
+# and the top-level forward returns hidden states in `.logits` when UNSLOTH_RETURN_HIDDEN_STATES=1.
+import os
+
+from transformers import LlamaForCausalLM, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from helpers import logprob, training
+
+
+def _fake_body_forward(self, input_ids=None, causal_mask=None, attention_mask=None, position_ids=None,
+                       past_key_values=None, use_cache=None, **kwargs):
+    if past_key_values is not None:
+        past_key_values[0][0]  # noqa: B018 - what LlamaModel_fast_forward does (llama.py, ~693)
+    b, n = input_ids.shape
+    if causal_mask is None:  # no causal mask from the caller: every position sees every other one
+        keep = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        full = torch.zeros(b, 1, n, n).masked_fill(keep[:, None, None, :] == 0, torch.finfo(torch.float32).min)
+        return LlamaModel.forward(self, input_ids=input_ids, attention_mask=full, use_cache=False)
+    return LlamaModel.forward(self, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+def _fake_causal_lm_forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None,
+                            **kwargs):
+    out = self.model(input_ids=input_ids, causal_mask=True, attention_mask=attention_mask,
+                     past_key_values=past_key_values)
+    hidden = out[0]
+    if os.environ.get("UNSLOTH_RETURN_HIDDEN_STATES", "0") == "1":
+        return CausalLMOutputWithPast(logits=hidden)
+    return CausalLMOutputWithPast(logits=self.lm_head(hidden))
+
+
+_fake_body_forward.__module__ = _fake_causal_lm_forward.__module__ = "unsloth.models.llama"
+
+
+class FakeUnslothModel(LlamaModel):
+    forward = _fake_body_forward
+
+
+class FakeUnslothForCausalLM(LlamaForCausalLM):
+    forward = _fake_causal_lm_forward
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = FakeUnslothModel(config)
+
+
+@pytest.fixture(scope="module")
+def base_and_fake():
+    base, tok = training.load_embedded_base()
+    fake = FakeUnslothForCausalLM(base.config)
+    fake.load_state_dict(base.state_dict())
+    return base.eval(), fake.eval(), tok
+
+
+@pytest.fixture(scope="module")
+def pairs(base_and_fake):
+    from helpers import data
+
+    _, _, tok = base_and_fake
+    rows = data.load_gsm8k_rows("train", "bundled", n=4)
+    prompt = logprob.prompt_text(tok, data.make_prompt(rows[0]["question"]))
+    triples = [logprob.gold_context_target(prompt, data.format_solution(r["answer"])[:200], "72") for r in rows]
+    return [c for c, _, _ in triples], [t for _, t, _ in triples]
+
+
+def test_fake_is_detected_and_really_attends_both_ways(base_and_fake, pairs):
+    base, fake, tok = base_and_fake
+    assert logprob.is_unsloth_model(fake) and not logprob.is_unsloth_model(base)
+    ids, first = logprob.encode_pair(tok, pairs[0][0], pairs[1][0])
+    x = torch.tensor([ids])
+    with torch.no_grad():  # the emulation is faithful: the body alone is not causal, the top level is
+        body_alone = fake.lm_head(fake.model(input_ids=x, attention_mask=torch.ones_like(x))[0])
+        top = fake(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        true = base(input_ids=x).logits
+    assert (body_alone - true).abs().max() > 1e-2 and (top - true).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_scorer_on_unsloth_model_is_causal_and_exact(base_and_fake, pairs, share_prefix):
+    base, fake, tok = base_and_fake
+    contexts, targets = pairs
+    want = logprob.score_targets(base, tok, contexts, targets, batch_size=2)
+    got = logprob.score_targets(fake, tok, contexts, targets, batch_size=2, share_prefix=share_prefix,
+                                groups=["p"] * len(contexts))
+    for a, b in zip(got, want):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert "UNSLOTH_RETURN_HIDDEN_STATES" not in os.environ, "the variable is scoped to the scorer's forward"
+
+
+def test_unsloth_max_seq_length_caps_the_scored_sequence(base_and_fake):
+    base, fake, tok = base_and_fake
+    context, target = "word " * 200, "the end"
+    fake.max_seq_length = 48
+    try:
+        assert logprob.max_scoring_length(fake) == 48
+        got = logprob.score_targets(fake, tok, [context], [target])[0]
+    finally:
+        del fake.max_seq_length
+    assert got == pytest.approx(logprob.score_targets(base, tok, [context], [target], max_length=48)[0], abs=1e-4)
+
+
+def test_reward_on_unsloth_model_does_not_crash_and_matches_hf(base_and_fake, pairs):
+    base, fake, tok = base_and_fake
+    from helpers import data
+
+    q = data.load_gsm8k_rows("train", "bundled", n=1)[0]
+    prompts = [data.make_prompt(q["question"])] * 3
+    comps = ["<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>", "no tags at all 7", ""]
+    want = logprob.logprob_reward(base, tok, "mean")(prompts=prompts, completions=comps, answer=["7"] * 3)
+    got = logprob.logprob_reward(fake, tok, "mean")(prompts=prompts, completions=comps, answer=["7"] * 3)
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_scorer_failure_raises_instead_of_paying_the_floor(base_and_fake, pairs, monkeypatch):
+    base, _, tok = base_and_fake
+    contexts, targets = pairs
+
+    def broken(*a, **k):
+        raise KeyError(0)  # e.g. Unsloth's fast forward reading past_key_values[0][0] of an empty cache
+
+    monkeypatch.setattr(logprob, "_score_batch", broken)
+    reward = logprob.logprob_reward(base, tok, "sum")
+    with pytest.raises(logprob.ScorerError, match="BACKEND='hf'"):
+        reward(prompts=[contexts[0]] * 2, completions=["<answer>", "x"], answer=["1", "2"])
+
+
+def test_unscorable_inputs_still_get_the_floor(base_and_fake):
+    base, _, tok = base_and_fake
+    out = logprob._safe_score(base, tok, ["a context", "another"], ["", "word " * 50], 2, 16, False,
+                              logprob.nullcontext)
+    assert out == [None, None]

@@ -61,6 +61,26 @@ def test_fast_scorer_matches_naive_full_vocab(smol, group):
             assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, kwargs
 
 
+def test_shared_prefix_really_uses_the_cache(smol, group, monkeypatch):
+    """The prefix branch must run (a KV cache of the common prompt, repeated per batch), not fall back."""
+    model, tok = smol
+    contexts, targets = group
+    calls = []
+    real = logprob._repeat_cache
+
+    def spy(cache, n):
+        calls.append((cache.get_seq_length(), n))
+        return real(cache, n)
+
+    monkeypatch.setattr(logprob, "_repeat_cache", spy)
+    shared = score_targets(model, tok, contexts, targets, batch_size=2, share_prefix=True, groups=["q"] * len(contexts))
+    prompt_tokens = len(tok(contexts[0][: contexts[0].index("<reasoning>")], add_special_tokens=False)["input_ids"])
+    assert calls and all(length >= prompt_tokens - 1 for length, _ in calls), calls
+    assert sum(n for _, n in calls) == len(contexts)  # every sequence was scored on top of the cache
+    plain = score_targets(model, tok, contexts, targets, batch_size=2)
+    assert max(abs(x - y) for a, b in zip(shared, plain) for x, y in zip(a, b)) < 1e-4
+
+
 def test_batched_equals_one_at_a_time(smol, group):
     model, tok = smol
     contexts, targets = group
@@ -136,15 +156,6 @@ def test_policy_and_reference_scorers_agree_then_differ(smol):
         with torch.no_grad():
             for p, s in zip(lora_b, saved):
                 p.copy_(s)
-
-
-def test_unsloth_hidden_states_trap_is_handled():
-    """With UNSLOTH_RETURN_HIDDEN_STATES=1, `.logits` holds hidden states: detect by size, apply lm_head."""
-    head = torch.nn.Linear(8, 50, bias=False)
-    hidden = torch.randn(3, 8)
-    assert logprob._to_logits(hidden, head, 50).shape == (3, 50)
-    logits = torch.randn(3, 50)
-    assert logprob._to_logits(logits, head, 50) is logits
 
 
 def test_unknown_transform_and_scorer(smol):
