@@ -90,6 +90,8 @@ class RunConfig:
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 16
     report_to: str = "none"  # opt-in: "tensorboard" or "wandb"; metrics.csv is always written
+    self_check: bool = True  # start-up self-check (helpers/selfcheck.py): scorer vs causal forward, precision,
+    # and, once an adapter is trained, that the generator uses it. Stops with a message if something is off.
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import config as config_mod
-from . import data, evaluation, plots, runtime, training
+from . import data, evaluation, plots, runtime, selfcheck, training
 
 
 class Experiment:
@@ -35,10 +35,13 @@ class Experiment:
         if model is None:
             model, tokenizer = training.load_model(cfg, self.backend)
         self.model, self.tokenizer = model, tokenizer
+        self.checks = selfcheck.run(model, tokenizer, cfg, self.backend) if cfg.self_check else {}
         self.train_rows, self.test_rows = self.load_rows()
         self.evals: dict[str, tuple[dict, object]] = {}
         self.result: training.TrainResult | None = None
         self.sft: dict = {}
+        self.sft_dir: Path | None = None
+        self._adapters_checked: set[str] = set()
 
     # Task hooks: GSM8K here; helpers.writing.WritingExperiment overrides them for stories.
     def load_rows(self):
@@ -67,11 +70,32 @@ class Experiment:
             summary = self.summarize(df, label)
             print(f"[eval] {label}: loaded {path.name} from an earlier session")
         else:
-            lora = self.result.final_lora if (self.result and self.backend == "unsloth") else None
+            lora = self.adapter_dir if self.backend == "unsloth" else None
+            self.check_adapter(lora)
             summary, df = self.run_eval(rows or self.test_rows, label, lora)
             runtime.atomic_write_csv(path, df)
         self.evals[label] = (summary, df)
         return summary, df
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        """The saved adapter that holds the current policy: final_lora after GRPO, sft_lora after the cold start,
+        None while the LoRA is fresh. On Unsloth, vLLM generates with the base model unless it is given this."""
+        if self.result is not None:
+            return self.result.final_lora
+        if self.sft_dir is not None and self.sft.get("sft") in ("trained", "loaded"):
+            return self.sft_dir / "sft_lora"
+        return None
+
+    def check_adapter(self, lora_path=None) -> dict:
+        """Self-check, once per adapter: the trained adapter really changes what the generator computes."""
+        key = str(lora_path or self.adapter_dir)
+        if not self.cfg.self_check or not self.is_main or key in self._adapters_checked or self.adapter_dir is None:
+            return {}
+        out = selfcheck.check_adapter(self.model, self.tokenizer, self.backend, lora_path)
+        self._adapters_checked.add(key)
+        print(f"[self-check] adapter {Path(key).name}: {out}")
+        return out
 
     # Evaluation hooks (the writing task has its own generation, metrics and CSV columns).
     def run_eval(self, rows, label: str, lora_path):
@@ -93,9 +117,9 @@ class Experiment:
 
         `sft_dir` (default: the run directory) holds sft_lora/; the ablation grid shares one across variants.
         """
+        self.sft_dir = Path(sft_dir or self.run_dir)
         self.model, self.sft = training.cold_start_sft(self.cfg, self.model, self.tokenizer, self.sft_rows(),
-                                                       Path(sft_dir or self.run_dir), backend=self.backend,
-                                                       **self.sft_kwargs)
+                                                       self.sft_dir, backend=self.backend, **self.sft_kwargs)
         return self.sft
 
     def train(self, reward_funcs: Sequence[Callable], *, extra_metrics=None, trainer_cls=None,

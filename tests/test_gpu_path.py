@@ -231,3 +231,63 @@ def test_unscorable_inputs_still_get_the_floor(base_and_fake):
     out = logprob._safe_score(base, tok, ["a context", "another"], ["", "word " * 50], 2, 16, False,
                               logprob.nullcontext)
     assert out == [None, None]
+
+
+# ---------------------------------------------------------------------------------------
+# The start-up self-check
+from helpers import selfcheck
+
+
+def test_self_check_passes_on_hf_and_on_the_unsloth_emulation(base_and_fake):
+    base, fake, tok = base_and_fake
+    for model in (base, fake):
+        out = selfcheck.check_scorer(model, tok)
+        assert out["scorer_max_abs_diff"] < 1e-3 and out["causal_leak"] < 1e-3
+
+
+def test_self_check_fails_on_a_bidirectional_scorer(base_and_fake, monkeypatch):
+    """Today's bug, re-created: the scorer calls Unsloth's decoder body directly (no causal mask)."""
+    _, fake, tok = base_and_fake
+    monkeypatch.setattr(logprob, "is_unsloth_model", lambda model: False)
+    with pytest.raises(selfcheck.SelfCheckError, match=r"disagrees with the model's own causal forward.*BACKEND='hf'"):
+        selfcheck.check_scorer(fake, tok)
+
+
+def test_self_check_fails_on_an_offset_scorer(base_and_fake, monkeypatch):
+    base, _, tok = base_and_fake
+    real = logprob._target_logprobs
+    monkeypatch.setattr(logprob, "_target_logprobs", lambda *a: real(*a) - 0.5)
+    with pytest.raises(selfcheck.SelfCheckError, match="0.5"):
+        selfcheck.check_scorer(base, tok)
+
+
+def test_precision_check(base_and_fake, fake_gpu):
+    base, _, _ = base_and_fake
+    fake_gpu("Tesla T4")
+    with pytest.raises(selfcheck.SelfCheckError, match="no bf16"):
+        selfcheck.check_precision(base, "bf16")
+    fake_gpu("NVIDIA A100-SXM4-40GB")
+    with pytest.raises(selfcheck.SelfCheckError, match="asked for bf16 but the model's output layer is torch.float32"):
+        selfcheck.check_precision(base, "bf16")
+
+
+def test_precision_check_on_cpu(base_and_fake):
+    base, _, _ = base_and_fake
+    assert selfcheck.check_precision(base, "fp32")["weights"] == "float32"
+
+
+def test_adapter_check_on_hf(monkeypatch):
+    from helpers import config
+
+    model, tok = training.load_model(config.preset("smoke"), "hf")
+    assert selfcheck.check_adapter(model, tok, "hf")["adapter_check"].startswith("skipped")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    assert selfcheck.check_adapter(model, tok, "hf")["adapter_check"] == "ok"
+    from contextlib import nullcontext
+
+    monkeypatch.setattr(type(model), "disable_adapter", lambda self: nullcontext())  # adapter never switched off
+    with pytest.raises(selfcheck.SelfCheckError, match="does not change"):
+        selfcheck.check_adapter(model, tok, "hf")

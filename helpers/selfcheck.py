@@ -1,0 +1,194 @@
+"""Start-up self-check: the GPU path tests itself on the user's machine, in its first minute.
+
+Nobody who writes this curriculum can run Unsloth + vLLM on a GPU, and CI has no GPU, so the parts that
+only exist there check themselves where they run, on every backend (CI runs them on CPU):
+
+1. the logprob scorer (`helpers.logprob.score_targets`, fast path: LM head at target positions only,
+   batching, prefix cache where allowed) agrees with the model's own causal forward (top-level
+   `model(...)`, full-vocabulary log-softmax) on a few short sequences, within a tolerance that fits the
+   dtype; and a target token's score does not change when more text is appended after it (a scorer that
+   attends both ways fails this even if the reference were wrong too);
+2. the precision matches the hardware (no bf16 below compute capability 8.0; the weights are in the dtype
+   the run asked for);
+3. once an adapter is trained, the generator really uses it: vLLM's greedy output with the LoRA differs
+   from the base model's on a fixed prompt (Unsloth), or the logits with the adapter on differ from the
+   adapter off (hf).
+
+A failure raises SelfCheckError with what to do: on a GPU, the escape hatch is BACKEND='hf'
+(transformers + peft, the path CI runs; slower, since generation then runs without vLLM).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+ESCAPE_HATCH = ("On a GPU, re-run with BACKEND='hf' in the notebook form (or --set backend=hf on the command line): "
+                "the transformers + peft path that CI tests, slower because generation runs without vLLM. "
+                "Please report the message above with the banner's package versions.")
+
+# A chat-shaped context and a gold-answer target, the shape the reward scores.
+_CHECK_PAIRS = [
+    ("<|im_start|>user\nTom has 3 apples and buys 4 more. How many?<|im_end|>\n<|im_start|>assistant\n"
+     "<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n", "7\n</answer>"),
+    ("<|im_start|>user\nA pen costs $2. How much do 9 pens cost?<|im_end|>\n<|im_start|>assistant\n"
+     "<reasoning>\n9 pens at $2 each is 9 * 2 = 18 dollars.\n</reasoning>\n<answer>\n", "18\n</answer>"),
+    ("<|im_start|>user\nWhat is half of 50?<|im_end|>\n<|im_start|>assistant\n<reasoning>\n", "50 / 2 = 25"),
+]
+
+
+class SelfCheckError(RuntimeError):
+    """The self-check found the GPU path (or any backend) computing something wrong."""
+
+
+def tolerance(model) -> float:
+    """Largest allowed |Δ log-prob| between two ways of computing the same score, by the weights' dtype."""
+    import torch
+
+    dtype = _weight_dtype(model)
+    return 2e-3 if dtype in (torch.float32, torch.float64) else 0.15  # 16-bit: ~3 significant digits
+
+
+def _weight_dtype(model):
+    from .logprob import _body_and_head
+
+    return _body_and_head(model)[1].weight.dtype
+
+
+def reference_logprobs(model, tokenizer, context: str, target: str) -> list[float]:
+    """log P(target tokens) from the model's own top-level causal forward: full logits, log-softmax, gather."""
+    import os
+
+    import torch
+
+    from .logprob import _body_and_head, _causal_lm, _eval_mode, _to_logits, encode_pair
+
+    ids, first = encode_pair(tokenizer, context, target)
+    head = _body_and_head(model)[1]
+    x = torch.tensor([ids], device=head.weight.device)
+    saved = os.environ.pop("UNSLOTH_RETURN_HIDDEN_STATES", None)  # plain logits, as a user's forward gets them
+    try:
+        with torch.no_grad(), _eval_mode(model):
+            out = _causal_lm(model)(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+    finally:
+        if saved is not None:
+            os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = saved
+    logits = _to_logits(out.logits[0], head, head.weight.shape[0]).float().log_softmax(-1)
+    return [logits[j - 1, ids[j]].item() for j in range(first, len(ids))]
+
+
+def check_scorer(model, tokenizer) -> dict:
+    """Scorer vs the model's causal forward, and causality. Returns the measured differences."""
+    from .logprob import score_targets
+
+    tol = tolerance(model)
+    contexts = [c for c, _ in _CHECK_PAIRS]
+    targets = [t for _, t in _CHECK_PAIRS]
+    ref = [reference_logprobs(model, tokenizer, c, t) for c, t in _CHECK_PAIRS]
+    worst = 0.0
+    for kwargs in (dict(batch_size=len(contexts)), dict(batch_size=2, share_prefix=True, groups=["p"] * 3)):
+        fast = score_targets(model, tokenizer, contexts, targets, **kwargs)
+        for a, b in zip(fast, ref):
+            if len(a) != len(b):
+                raise SelfCheckError(f"Self-check failed: the scorer returned {len(a)} target tokens where the model's "
+                                     f"tokenization has {len(b)}. " + ESCAPE_HATCH)
+            worst = max(worst, max((abs(x - y) for x, y in zip(a, b)), default=0.0))
+    if not math.isfinite(worst) or worst > tol:
+        raise SelfCheckError(
+            f"Self-check failed: the logprob scorer disagrees with the model's own causal forward by up to "
+            f"{worst:.3g} nats per token (allowed {tol:g} for {_weight_dtype(model)}). Rewards and gold "
+            "perplexities would be wrong. " + ESCAPE_HATCH)
+    # Causality: appending text after the target must not change the target's scores.
+    context, target = _CHECK_PAIRS[1]
+    short = score_targets(model, tokenizer, [context], [target])[0]
+    longer = score_targets(model, tokenizer, [context], [target + "\nThat is all, and more words follow here."])[0]
+    leak = max(abs(x - y) for x, y in zip(short, longer[:len(short)]))
+    if not math.isfinite(leak) or leak > tol:
+        raise SelfCheckError(
+            f"Self-check failed: the scorer is not causal (a token's log-prob changed by {leak:.3g} nats when text "
+            "was appended after it: the model attends both ways). " + ESCAPE_HATCH)
+    return {"scorer_max_abs_diff": worst, "causal_leak": leak, "tolerance": tol}
+
+
+def check_precision(model, precision: str) -> dict:
+    """The resolved precision fits the hardware, and the weights are in that dtype (16-bit on a GPU)."""
+    import torch
+
+    from . import runtime
+
+    info = runtime.gpu_info()
+    if precision == "bf16" and info is not None and not runtime.bf16_supported():
+        raise SelfCheckError(
+            f"Self-check failed: precision bf16 on {info['name']} (compute capability "
+            f"{'.'.join(map(str, info['capability']))}), which has no bf16. Use the t4 preset or precision='auto'.")
+    want = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    got = _weight_dtype(model)
+    if got != want and not (info is None and got == torch.float32):
+        raise SelfCheckError(
+            f"Self-check failed: the run asked for {precision} but the model's output layer is {got}. Training would "
+            f"stop with a precision error, or run at the wrong precision. " + ESCAPE_HATCH)
+    return {"precision": precision, "weights": str(got).replace("torch.", ""),
+            "gpu": info["name"] if info else "none"}
+
+
+def run(model, tokenizer, cfg, backend: str) -> dict:
+    """The start-up checks (scorer, causality, precision); prints one line, raises SelfCheckError on failure."""
+    import time
+
+    from .runtime import resolve_precision
+
+    t0 = time.time()
+    out = {"backend": backend, **check_precision(model, resolve_precision(cfg.precision)),
+           **check_scorer(model, tokenizer)}
+    out["seconds"] = round(time.time() - t0, 2)
+    print(f"[self-check] ok on {backend}: scorer = causal forward within {out['scorer_max_abs_diff']:.1e} nats "
+          f"(tolerance {out['tolerance']:g}), causal, weights {out['weights']} on {out['gpu']} "
+          f"({out['seconds']} s)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The adapter reaches the generator
+_ADAPTER_PROMPT = [{"role": "user", "content": "Natalia sold clips to 48 friends in April and half as many in May. "
+                                               "How many clips did she sell altogether?"}]
+
+
+def adapter_is_trained(model) -> bool:
+    """True when some LoRA B matrix is non-zero (a fresh adapter has B = 0 and changes nothing)."""
+    return any("lora_B" in n and p.detach().abs().sum().item() > 0 for n, p in model.named_parameters())
+
+
+def check_adapter(model, tokenizer, backend: str, lora_path: str | Path | None = None) -> dict:
+    """The trained adapter changes what the generator computes; SelfCheckError if it does not.
+
+    unsloth: vLLM greedy generation of a fixed prompt with `lora_path` vs without it (text and cumulative
+    log-prob). hf: the logits of the same prompt with the adapter on vs off (peft's disable_adapter)."""
+    if not adapter_is_trained(model):
+        return {"adapter_check": "skipped (adapter untrained)"}
+    prompt = tokenizer.apply_chat_template(_ADAPTER_PROMPT, tokenize=False, add_generation_prompt=True)
+    if backend == "unsloth":
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=32, logprobs=1, seed=0)
+        base = model.fast_generate([prompt], sampling_params=params, lora_request=None, use_tqdm=False)[0].outputs[0]
+        lora = model.load_lora(str(lora_path)) if lora_path else None
+        tuned = model.fast_generate([prompt], sampling_params=params, lora_request=lora, use_tqdm=False)[0].outputs[0]
+        delta = abs((tuned.cumulative_logprob or 0.0) - (base.cumulative_logprob or 0.0))
+        if lora is None or (tuned.text == base.text and delta < 1e-6):
+            raise SelfCheckError(
+                "Self-check failed: vLLM generates exactly the same text with the trained LoRA as without it "
+                f"({lora_path}): the adapter did not reach vLLM, so evaluations would show the base model. "
+                + ESCAPE_HATCH)
+        return {"adapter_check": "ok", "logprob_delta": delta}
+    import torch
+
+    from .logprob import _eval_mode
+
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    with torch.no_grad(), _eval_mode(model):
+        on = model(**enc).logits.float()
+        with model.disable_adapter():
+            off = model(**enc).logits.float()
+    delta = (on - off).abs().max().item()
+    if not delta > 0:
+        raise SelfCheckError("Self-check failed: the trained adapter does not change the model's logits. " + ESCAPE_HATCH)
+    return {"adapter_check": "ok", "logit_delta": delta}
