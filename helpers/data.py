@@ -176,3 +176,28 @@ def load_for_run(cfg: RunConfig):
     train = load_gsm8k_rows("train", cfg.dataset_source, cfg.train_size)
     test = load_gsm8k_rows("test", cfg.dataset_source, cfg.eval_size)
     return train, test
+
+
+def tokenized_sft_dataset(dataset, tokenizer, max_length: int | None = None):
+    """Prompt/completion conversations -> `input_ids`, `attention_mask`, `labels` (prompt tokens -100).
+
+    For the Unsloth backend: unsloth_zoo 2025.6.8 replaces SFTTrainer's dataset preparation
+    (`sft_prepare_dataset`, dataset_utils.py) and, for a dataset without a `text` column, raises
+    "You must specify a `formatting_func`"; a dataset that already has `labels` is used as it is (with a
+    seq2seq collator), which keeps the loss on the answer turn only, as TRL's completion_only_loss does on hf.
+    The text is the chat template of prompt + completion; prompt and completion are tokenized jointly and
+    split where the completion's characters begin (as the logprob scorer does)."""
+    from datasets import Dataset
+
+    from .logprob import encode_pair
+
+    rows = []
+    for i, ex in enumerate(dataset):
+        prompt = tokenizer.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(list(ex["prompt"]) + list(ex["completion"]), tokenize=False)
+        if not full.startswith(prompt):
+            raise ConfigError(f"SFT example {i}: the chat template of prompt + completion does not start with the "
+                              "templated prompt, so the answer turn cannot be located.")
+        ids, first = encode_pair(tokenizer, prompt, full[len(prompt):], max_length)
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * first + ids[first:]})
+    return Dataset.from_list(rows)

@@ -286,7 +286,12 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
             max_length=cfg.max_prompt_length + cfg.max_completion_length, completion_only_loss=True,
             dataloader_num_workers=0,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset_fn(rows), processing_class=tokenizer,
+        train_dataset = dataset_fn(rows)
+        if backend == "unsloth":  # Unsloth's SFTTrainer wants text or labels: give it tokens with the prompt masked
+            from .data import tokenized_sft_dataset
+
+            train_dataset = tokenized_sft_dataset(train_dataset, tokenizer, args.max_length)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                              callbacks=[MetricsCallback(run_dir / "sft_metrics.csv")])
         t0 = time.time()
         trainer.train()
@@ -297,6 +302,13 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
     if backend == "hf":
         model = merge_and_refresh_lora(model, cfg.seed)
         info["merged"] = True
+        info["reference_model"] = "the SFT model (SFT merged into the base weights)"
+    else:
+        # Unsloth's 4-bit base cannot take the merge: the SFT stays in the adapter that GRPO goes on training, so
+        # "adapter disabled" (the KL reference and the logprob reward's "reference" scorer) is the pre-SFT base.
+        info["reference_model"] = "the pre-SFT base model (Unsloth keeps the SFT in the LoRA adapter)"
+        print("[sft] note: on Unsloth the KL reference and the 'reference' scorer are the pre-SFT base model "
+              "(on hf they are the SFT model).")
     return model, info
 
 

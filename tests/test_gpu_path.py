@@ -291,3 +291,49 @@ def test_adapter_check_on_hf(monkeypatch):
     monkeypatch.setattr(type(model), "disable_adapter", lambda self: nullcontext())  # adapter never switched off
     with pytest.raises(selfcheck.SelfCheckError, match="does not change"):
         selfcheck.check_adapter(model, tok, "hf")
+
+
+# ---------------------------------------------------------------------------------------
+# Cold start on Unsloth: a tokenized dataset with labels (prompt masked), not prompt/completion columns
+def test_tokenized_sft_dataset_masks_the_prompt_and_keeps_the_answer_turn():
+    from helpers import data
+
+    _, tok = training.load_embedded_base()
+    rows = data.load_gsm8k_rows("train", "bundled", n=3)
+    convo = data.sft_dataset(rows)
+    ds = data.tokenized_sft_dataset(convo, tok, max_length=512)
+    assert set(ds.column_names) == {"input_ids", "attention_mask", "labels"}  # no `text`: Unsloth uses it as is
+    for ex, row in zip(ds, rows):
+        answer = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
+        assert ex["labels"][: len(ex["labels"]) - len(answer)] == [-100] * (len(ex["labels"]) - len(answer))
+        text = tok.decode(answer)
+        assert text.startswith("<reasoning>") and text.rstrip().endswith("<|im_end|>")
+        assert data.format_solution(row["answer"]) in text
+        prompt = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == -100])
+        assert row["question"] in prompt and "<reasoning>\n" not in prompt.split("assistant")[-1]
+
+
+def test_cold_start_on_unsloth_gives_sft_trainer_labels(monkeypatch, tmp_path):
+    import trl
+
+    from helpers import config, data
+
+    seen = {}
+
+    class RecordingSFTTrainer:
+        def __init__(self, model, args, train_dataset, processing_class, callbacks):
+            seen["columns"] = train_dataset.column_names
+
+        def train(self):
+            pass
+
+        def is_world_process_zero(self):
+            return True
+
+    monkeypatch.setattr(trl, "SFTTrainer", RecordingSFTTrainer)
+    cfg = config.preset("smoke")
+    model, tok = training.load_model(cfg, "hf")
+    _, info = training.cold_start_sft(cfg, model, tok, data.load_gsm8k_rows("train", "bundled", n=8), tmp_path,
+                                      backend="unsloth")
+    assert seen["columns"] == ["input_ids", "attention_mask", "labels"]
+    assert "pre-SFT base" in info["reference_model"] and (tmp_path / "sft_lora").exists()
