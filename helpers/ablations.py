@@ -61,7 +61,8 @@ GRID_RUN_NAME = "03_ablations"
 
 # ---------------------------------------------------------------------------------------
 # The grids. "_only" = the logprob reward alone (format rewards weight 0); the others add it to the
-# format rewards as notebook 02 does. The facts each pair shows are in DESIGN §3 and tests/test_cancellation.py.
+# format rewards as notebook 02 does. The facts each pair shows are checked in tests/test_cancellation.py
+# and taught in notebook 03.
 _A100 = [
     # What cancels: alone, sum and mean differ by the per-group constant n (gold answer tokens), which the
     # std scaling divides out (equal up to TRL's 1e-4); without the scaling, mean's advantages are n× smaller.
@@ -95,8 +96,8 @@ GRIDS: dict[str, list[dict]] = {
     # It shows the central fact: with the same seed, sum and mean (std-scaled) give the same advantages,
     # hence the same updates and (up to float rounding) the same run; without the scaling they do not.
     "cpu": [_BY_NAME[n] for n in ("sum_only", "mean_only", "mean_only_noscale")],
-    # One free Colab T4 session (Qwen2.5-1.5B 4-bit, 150 steps each, GRID_OVERRIDES). Estimate: DESIGN §5
-    # gives ~12 s/step for Qwen2.5-3B on a T4; our 1.5B model has half the parameters but up to 512-token
+    # One free Colab T4 session (Qwen2.5-1.5B 4-bit, 150 steps each, GRID_OVERRIDES). Estimate: the course
+    # project this curriculum follows (README, "What good looks like") ran ~12 s/step for Qwen2.5-3B on a T4; our 1.5B model has half the parameters but up to 512-token
     # completions (generation dominates and grows with length), so we keep 12 s/step rather than halve it:
     # 12 s × 150 steps × 4 variants = 7,200 s = 2.0 h, + ~3 min per evaluation of 100 questions (5 evals)
     # + ~3 min model load ≈ 2.3 h, inside the ~3-4 h of GPU a free session usually gets. A disconnect
@@ -214,6 +215,47 @@ def validate_variants(variants: Sequence[dict], base_cfg: RunConfig, *, gpu_avai
 
 
 # ---------------------------------------------------------------------------------------
+# What a variant really trains with on a backend
+EFFECTIVE_NOTES = {
+    "unsloth": "unsloth 2025.6.12 computes loss_type 'bnpo' per sequence, as 'grpo', and its GRPOConfig turns "
+               "scale_rewards off for 'dr_grpo' (unsloth/models/rl.py)",
+    "hf": "TRL 0.18.2 uses the arguments as given",
+}
+
+
+def effective_variant(variant: dict, base_cfg: RunConfig, backend: str) -> dict:
+    """The variant's training-relevant settings as the trainer will use them on `backend` (name left out)."""
+    v = normalized_variant(variant)
+    cfg = variant_config(base_cfg, v)
+    loss, scale = cfg.loss_type, cfg.scale_rewards
+    if backend == "unsloth":
+        if loss == "dr_grpo":
+            scale = False
+        if loss == "bnpo":
+            loss = "grpo"
+    fields = {k: val for k, val in v.items() if k != "name"}
+    return {**fields, "loss_type": loss, "scale_rewards": scale}
+
+
+def coinciding_variants(variants: Sequence[dict], base_cfg: RunConfig, backend: str) -> dict[str, str]:
+    """{variant name: the earlier variant it becomes identical to on this backend, though written differently}:
+    GPU hours not to spend twice. Variants written identically (e.g. to repeat a run) are left alone."""
+    def key(d: dict) -> str:
+        return json.dumps({k: val for k, val in d.items() if k != "name"}, sort_keys=True, default=str)
+
+    seen: dict[str, tuple[str, str]] = {}  # effective key -> (name, written key)
+    out: dict[str, str] = {}
+    for v in variants:
+        v = normalized_variant(v)
+        eff, written = key(effective_variant(v, base_cfg, backend)), key(v)
+        if eff in seen and seen[eff][1] != written:
+            out[v["name"]] = seen[eff][0]
+        else:
+            seen.setdefault(eff, (v["name"], written))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
 # The runner
 def fresh_model_loader(backend: str) -> Callable[[RunConfig], tuple]:
     """A function cfg -> (model with a fresh LoRA, tokenizer).
@@ -262,10 +304,18 @@ def run_grid(base_cfg: RunConfig, variants: Sequence[dict], *, backend: str,
     """
     variants = validate_variants(variants, base_cfg)
     grid_dir = runtime.run_dir(base_cfg.project, base_cfg.run_name)
+    same_as = coinciding_variants(variants, base_cfg, backend)
+    for name, other in same_as.items():
+        print(f"[ablations] {name}: on the {backend} backend it trains exactly like {other!r} "
+              f"({EFFECTIVE_NOTES[backend]}): skipped, its row says so.")
     if runtime.is_main_process():
-        runtime.atomic_write_json(grid_dir / "grid.json", {"base": base_cfg.to_dict(), "variants": variants})
+        runtime.atomic_write_json(grid_dir / "grid.json", {"base": base_cfg.to_dict(), "variants": variants,
+                                                           "backend": backend, "same_as": same_as})
     load_model = load_model or fresh_model_loader(backend)
+    disk = {"printed": False, "variants": len(variants) - len(same_as)}
     for v in variants:
+        if v["name"] in same_as:
+            continue
         rd = grid_dir / v["name"]
         if training.is_finished(rd) and (rd / "results.json").exists():
             print(f"[ablations] {v['name']}: finished earlier, reading {rd / 'results.json'}")
@@ -273,19 +323,27 @@ def run_grid(base_cfg: RunConfig, variants: Sequence[dict], *, backend: str,
         resuming = training.latest_checkpoint(rd / "checkpoints") is not None
         print(f"[ablations] {v['name']}: {'resuming' if resuming else 'training'}")
         _run_variant(variant_config(base_cfg, v), v, backend=backend, load_model=load_model, grid_dir=grid_dir,
-                     dynamics_pool_size=dynamics_pool_size)
+                     dynamics_pool_size=dynamics_pool_size, disk=disk)
         gc.collect()  # the variant's model is unreferenced now: free it before loading the next one
     if not runtime.is_main_process():
         return None
-    table = aggregate(grid_dir, [v["name"] for v in variants])
+    table = aggregate(grid_dir, [v["name"] for v in variants], same_as=same_as)
     runtime.atomic_write_csv(grid_dir / "ablation_results.csv", table)
     return table
 
 
 def _run_variant(cfg: RunConfig, variant: dict, *, backend: str, load_model: Callable, grid_dir: Path,
-                 dynamics_pool_size: int = 8) -> dict:
+                 dynamics_pool_size: int = 8, disk: dict | None = None) -> dict:
     """Load a fresh model, share the grid's cold start, train (resuming), evaluate, write results.json."""
     model, tokenizer = load_model(cfg)
+    if disk is not None and not disk["printed"]:
+        est = training.lora_disk_estimate(model, cfg, backend)
+        total = est["peak_run_bytes"] + est["finished_run_bytes"] * (disk["variants"] - 1)
+        print(f"[ablations] disk estimate: {est['lora_parameters'] / 1e6:.1f} M LoRA parameters, "
+              f"{est['checkpoint_bytes'] / 2**30:.2f} GiB per checkpoint (x{cfg.save_total_limit} while a variant "
+              f"trains), {est['adapter_bytes'] / 2**20:.0f} MiB per finished variant (checkpoints are deleted when it "
+              f"finishes): about {total / 2**30:.1f} GiB at most for {disk['variants']} variants.")
+        disk["printed"] = True
     exp = pipeline.Experiment(cfg, backend=backend, model=model, tokenizer=tokenizer)
     exp.cold_start(sft_dir=grid_dir)  # one cold start per grid: every variant starts from the same policy
     _, start_df = start_eval(exp, grid_dir)
@@ -354,6 +412,10 @@ def variant_row(run_dir: str | Path) -> dict:
     res = json.loads((run_dir / "results.json").read_text())
     v, ev = res.get("variant", {}), res.get("eval", {})
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    if (run_dir / "effective_args.json").exists():  # what the trainer really used (Unsloth may change it)
+        eff = json.loads((run_dir / "effective_args.json").read_text())
+        cfg = {**cfg, "scale_rewards": eff.get("scale_rewards"), "loss_type": eff.get("loss_computed_as")}
+        v = {k: val for k, val in v.items() if k not in ("scale_rewards", "loss_type")}
     m = pd.read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else pd.DataFrame()
     steps = int(m["step"].max()) if "step" in m and len(m) else int(res.get("train", {}).get("steps", 0))
     step_s = float(m["time"].diff().median()) if "time" in m and len(m) > 1 else float("nan")
@@ -377,14 +439,21 @@ def variant_row(run_dir: str | Path) -> dict:
     }
 
 
-def aggregate(grid_dir: str | Path, names: Sequence[str] | None = None):
+def aggregate(grid_dir: str | Path, names: Sequence[str] | None = None, same_as: dict[str, str] | None = None):
     """One DataFrame row per variant with results.json (in `names` order, else folder order), plus a
-    "start" row (the shared starting policy, no GRPO) when the grid evaluated it."""
+    "start" row (the shared starting policy, no GRPO) when the grid evaluated it. A variant skipped because
+    it coincides with another on this backend (`same_as`) gets a row naming that variant."""
     import pandas as pd
 
     grid_dir = Path(grid_dir)
+    same_as = same_as or {}
     names = list(names) if names is not None else sorted(p.name for p in grid_dir.iterdir() if p.is_dir())
-    rows = [variant_row(grid_dir / n) for n in names if (grid_dir / n / "results.json").exists()]
+    rows = []
+    for n in names:
+        if (grid_dir / n / "results.json").exists():
+            rows.append(variant_row(grid_dir / n))
+        elif n in same_as:
+            rows.append({"variant": n, "same_as": same_as[n]})
     start = grid_dir / "eval_samples_start.csv"
     if start.exists():
         s = evaluation.summarize(pd.read_csv(start, keep_default_na=False), "start")
@@ -393,7 +462,8 @@ def aggregate(grid_dir: str | Path, names: Sequence[str] | None = None):
                         "gold_ppl_median": s.get("gold_ppl_median", float("nan")),
                         "eval_length_tokens": s["mean_length_tokens"]})
     table = pd.DataFrame(rows)
-    order = list(rows[-1]) if rows else []  # a variant row (the last) has every column, in reading order
+    full = [r for r in rows if "same_as" not in r and r.get("variant") != "start"]
+    order = list(full[-1]) if full else []  # a trained variant's row has every column, in reading order
     return table[order + [c for c in table.columns if c not in order]]
 
 

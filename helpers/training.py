@@ -382,6 +382,7 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
     if is_finished(run_dir):
         load_adapter_weights(model, final)
         summary = _read_json(run_dir / "train_summary.json")
+        prune_checkpoints(run_dir)  # runs finished before checkpoints were pruned
         print(f"[train] {run_dir.name} already finished ({summary.get('steps')} steps): loaded {final}.")
         return TrainResult(run_dir, "already finished", summary.get("steps", cfg.max_steps), 0.0, metrics_csv, final)
 
@@ -396,6 +397,9 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
         processing_class=tokenizer,
         callbacks=[MetricsCallback(metrics_csv, extra_metrics), *extra_callbacks],
     )
+    effective = effective_args(trainer.args, backend)
+    if is_main_process():
+        atomic_write_json(run_dir / "effective_args.json", effective)
     if resume is not None:
         print(f"[train] resuming from {resume}")
     t0 = time.time()
@@ -406,9 +410,59 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
         save_lora(model, tokenizer, final)
         atomic_write_json(run_dir / "train_summary.json", {
             "steps": steps, "seconds_this_session": round(seconds, 1), "resumed_from": str(resume) if resume else None,
-            "backend": backend, "preset": cfg.preset, "model": cfg.model_name,
+            "backend": backend, "preset": cfg.preset, "model": cfg.model_name, "effective_args": effective,
         })
+        prune_checkpoints(run_dir)
     return TrainResult(run_dir, "resumed" if resume else "trained", steps, seconds, metrics_csv, final)
+
+
+EFFECTIVE_KEYS = ("loss_type", "scale_rewards", "beta", "num_iterations", "epsilon", "temperature", "learning_rate",
+                  "num_generations", "max_completion_length", "bf16", "fp16", "use_vllm", "optim", "max_grad_norm",
+                  "lr_scheduler_type", "warmup_ratio", "weight_decay")
+
+
+def effective_args(args, backend: str) -> dict:
+    """The trainer's arguments as it will really use them, read back *after* the trainer was built.
+
+    They can differ from what we asked: Unsloth's GRPOConfig (unsloth/models/rl.py, the dr_grpo check it
+    injects) turns scale_rewards off for loss_type="dr_grpo", and Unsloth's loss computes "bnpo" per sequence,
+    the same as "grpo" (`loss_computed_as`)."""
+    out = {k: getattr(args, k, None) for k in EFFECTIVE_KEYS}
+    out["optim"] = str(out["optim"]).split(".")[-1].lower() if out["optim"] is not None else None
+    out["lr_scheduler_type"] = str(out["lr_scheduler_type"]).split(".")[-1].lower()
+    out["loss_computed_as"] = "grpo" if backend == "unsloth" and out["loss_type"] == "bnpo" else out["loss_type"]
+    out["backend"] = backend
+    return out
+
+
+def prune_checkpoints(run_dir: str | Path) -> int:
+    """Delete <run>/checkpoints once the run is finished (final_lora + train_summary.json written); returns the
+    bytes freed. Unsloth keeps LoRA weights and Adam states in fp32: ~0.7 GB a checkpoint for a rank-64 3B
+    model, which fills a free 15 GB Drive within a grid. An unfinished run keeps its checkpoints (resume)."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints"
+    if not is_finished(run_dir) or not ckpt.exists():
+        return 0
+    freed = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    shutil.rmtree(ckpt, ignore_errors=True)
+    print(f"[train] finished: removed checkpoints/ ({freed / 2**20:.1f} MiB); final_lora/ holds the adapter.")
+    return freed
+
+
+def lora_disk_estimate(model, cfg: RunConfig, backend: str) -> dict:
+    """Bytes one checkpoint, the final adapter and a finished run take on disk (estimate from the LoRA size).
+
+    A checkpoint holds the adapter, Adam's two moments and the trainer state. The adapter is saved in fp32 on
+    Unsloth (unsloth_zoo training_utils keeps LoRA weights in fp32) and on CPU, in the run's dtype otherwise."""
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    weight_bytes = 4 if backend == "unsloth" or resolve_precision(cfg.precision) == "fp32" else 2
+    adam_bytes = 2 if backend == "unsloth" else 8  # adamw_8bit on Unsloth, fp32 moments otherwise
+    adapter = n * weight_bytes
+    checkpoint = adapter + n * adam_bytes
+    return {"lora_parameters": n, "adapter_bytes": adapter, "checkpoint_bytes": checkpoint,
+            "peak_run_bytes": adapter + checkpoint * cfg.save_total_limit, "finished_run_bytes": adapter}
 
 
 def _read_json(path: Path) -> dict:

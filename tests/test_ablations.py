@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import ablation_plots, ablations, logprob, runtime, training
+from helpers import ablation_plots, ablations, config, logprob, runtime, training
 from helpers.config import RULE_REWARDS, ConfigError
 
 
@@ -144,7 +144,7 @@ def test_run_grid_skips_finished_and_resumes_interrupted(base, monkeypatch, tmp_
     write_finished(evaluating)  # killed during the "after" eval
     calls = []
 
-    def fake_run_variant(cfg, variant, *, backend, load_model, grid_dir, dynamics_pool_size):
+    def fake_run_variant(cfg, variant, *, backend, load_model, grid_dir, dynamics_pool_size, disk=None):
         rd = runtime.run_dir(cfg.project, cfg.run_name)
         assert rd == grid_dir / variant["name"] and backend == "hf"
         calls.append(variant["name"])
@@ -162,6 +162,70 @@ def test_run_grid_skips_finished_and_resumes_interrupted(base, monkeypatch, tmp_
     calls.clear()
     ablations.run_grid(base, variants, backend="hf", load_model=lambda cfg: None)
     assert calls == []
+
+
+def test_variants_that_coincide_on_unsloth_are_skipped_and_named(base, monkeypatch, tmp_path):
+    """Unsloth computes bnpo per sequence (= grpo) and forces scale_rewards off for dr_grpo (unsloth/models/rl.py)."""
+    full = ablations.GRIDS["a100"]
+    assert ablations.coinciding_variants(full, base, "hf") == {}
+    assert ablations.coinciding_variants(full, base, "unsloth") == {"bnpo": "mean"}
+    dr = ablations.effective_variant({"name": "dr_grpo", "loss_type": "dr_grpo"}, base, "unsloth")
+    assert dr["scale_rewards"] is False and dr["loss_type"] == "dr_grpo"
+    monkeypatch.setenv(runtime.RUNS_ENV, str(tmp_path))
+    calls = []
+
+    def fake_run_variant(cfg, variant, *, backend, load_model, grid_dir, dynamics_pool_size, disk=None):
+        calls.append(variant["name"])
+        rd = runtime.run_dir(cfg.project, cfg.run_name)
+        write_finished(rd)
+        write_results(rd, variant["name"])
+
+    monkeypatch.setattr(ablations, "_run_variant", fake_run_variant)
+    table = ablations.run_grid(base, [{"name": "mean"}, {"name": "bnpo", "loss_type": "bnpo"}], backend="unsloth",
+                               load_model=lambda cfg: None)
+    assert calls == ["mean"]
+    row = table.set_index("variant").loc["bnpo"]
+    assert row["same_as"] == "mean" and math.isnan(row["strict_accuracy"])
+
+
+def test_results_table_shows_the_trainers_effective_arguments(tmp_path):
+    write_finished(tmp_path / "dr_grpo", steps=4)
+    write_results(tmp_path / "dr_grpo", "dr_grpo")
+    (tmp_path / "dr_grpo" / "config.json").write_text(json.dumps({"scale_rewards": True, "loss_type": "dr_grpo"}))
+    (tmp_path / "dr_grpo" / "effective_args.json").write_text(json.dumps(
+        {"scale_rewards": False, "loss_type": "dr_grpo", "loss_computed_as": "dr_grpo", "backend": "unsloth"}))
+    row = ablations.aggregate(tmp_path, ["dr_grpo"]).set_index("variant").loc["dr_grpo"]
+    assert row["scale_rewards"] == False and row["loss_type"] == "dr_grpo"  # noqa: E712 - numpy bool
+
+
+def test_effective_args_read_back_from_the_trainer_arguments(tmp_path):
+    from trl import GRPOConfig
+
+    args = GRPOConfig(output_dir=str(tmp_path), loss_type="bnpo", scale_rewards=True, report_to="none")
+    hf, uns = training.effective_args(args, "hf"), training.effective_args(args, "unsloth")
+    assert hf["loss_computed_as"] == "bnpo" and uns["loss_computed_as"] == "grpo"
+    assert hf["scale_rewards"] is True and hf["beta"] == args.beta and hf["optim"] == "adamw_torch"
+
+
+def test_finished_runs_drop_their_checkpoints_unfinished_keep_them(tmp_path):
+    done, running = tmp_path / "done", tmp_path / "running"
+    for rd in (done, running):
+        (rd / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+        (rd / "checkpoints" / "checkpoint-5" / "optimizer.pt").write_bytes(b"x" * 1000)
+    write_finished(done)
+    assert training.prune_checkpoints(done) == 1000 and not (done / "checkpoints").exists()
+    assert (done / "final_lora" / "adapter_model.safetensors").exists()
+    assert training.prune_checkpoints(running) == 0 and (running / "checkpoints" / "checkpoint-5").exists()
+
+
+def test_disk_estimate_counts_lora_parameters(tiny_tok):
+    model = tiny_model(tiny_tok)
+    cfg = config.preset("smoke")
+    est = training.lora_disk_estimate(model, cfg, "unsloth")
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert est["lora_parameters"] == n > 0
+    assert est["adapter_bytes"] == 4 * n and est["checkpoint_bytes"] == 6 * n
+    assert est["peak_run_bytes"] == 4 * n + 6 * n * cfg.save_total_limit
 
 
 # ---- aggregation and figures ------------------------------------------------------------------

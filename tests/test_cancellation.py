@@ -1,4 +1,4 @@
-"""What cancels in GRPO's advantages and what does not (DESIGN §3 "Facts to teach"), on TRL's own formula.
+"""What cancels in GRPO's advantages and what does not (taught in notebook 03), on TRL's own formula.
 
 TRL computes advantages inside `GRPOTrainer._generate_and_score_completions`, which also generates
 and scores completions, so it cannot run without a model. `trl_advantages` below is a line-for-line
