@@ -483,10 +483,24 @@ JUDGE_PROMPT = (
 )
 
 
-def load_judge(model_name: str, load_in_4bit: bool = True):
-    """(model, tokenizer) of a judge with plain transformers (GPU; 4 bit through bitsandbytes by default).
-    Not through Unsloth: one vLLM engine per session is already taken by the policy."""
+def load_judge(model_name: str, load_in_4bit: bool = True, backend: str = "hf"):
+    """(model, tokenizer) of a judge, loaded through the session's backend.
+
+    unsloth: once Unsloth has patched the Qwen2/Llama classes, a model loaded with plain transformers breaks
+    (the patched attention needs `self.apply_qkv`, which only models Unsloth loads itself get; unsloth
+    2025.6.12, models/llama.py), so the judge is loaded by `FastLanguageModel.from_pretrained` too, with
+    `fast_inference=False` (no second vLLM engine: the policy holds one) and put in inference mode.
+    hf: plain transformers (+ bitsandbytes 4 bit on a GPU). Scoring goes through helpers.logprob, which
+    uses the top-level forward on an Unsloth model."""
     import torch
+
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(model_name=model_name, load_in_4bit=load_in_4bit,
+                                                       fast_inference=False, dtype=None)
+        FastLanguageModel.for_inference(model)
+        return model, tok
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16) if load_in_4bit else None

@@ -337,3 +337,28 @@ def test_cold_start_on_unsloth_gives_sft_trainer_labels(monkeypatch, tmp_path):
                                       backend="unsloth")
     assert seen["columns"] == ["input_ids", "attention_mask", "labels"]
     assert "pre-SFT base" in info["reference_model"] and (tmp_path / "sft_lora").exists()
+
+
+def test_judge_is_loaded_through_unsloth_on_the_unsloth_backend(monkeypatch):
+    """A plain-transformers judge breaks once Unsloth has patched the classes (apply_qkv): load it with Unsloth."""
+    import sys
+    import types
+
+    from helpers import writing
+
+    calls = {}
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kw):
+            calls["from_pretrained"] = kw
+            return "judge-model", "judge-tok"
+
+        @staticmethod
+        def for_inference(model):
+            calls["for_inference"] = model
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    assert writing.load_judge("Qwen/Qwen2.5-7B-Instruct", backend="unsloth") == ("judge-model", "judge-tok")
+    assert calls["from_pretrained"]["fast_inference"] is False  # the policy already holds the one vLLM engine
+    assert calls["from_pretrained"]["model_name"] == "Qwen/Qwen2.5-7B-Instruct" and calls["for_inference"] == "judge-model"
