@@ -42,12 +42,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
             idx = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(model.device)
-            gen = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                temperature=None if greedy else temperature, top_p=None, top_k=None,
-                num_return_sequences=1 if greedy else n, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+            gen = model.generate(**enc, generation_config=plain_generation_config(
+                tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, n=n), use_model_defaults=False)
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             per = 1 if greedy else n
             for j, i in enumerate(idx):
@@ -55,6 +51,19 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     if was_training:
         model.train()
     return out
+
+
+def plain_generation_config(tokenizer, *, max_new_tokens: int, temperature: float = 0.0, n: int = 1):
+    """A GenerationConfig with nothing from the model's own generation_config.json (Qwen2.5 ships
+    repetition_penalty 1.05, top_p 0.8, top_k 20): the same decoding as vLLM's SamplingParams(temperature,
+    top_p=1.0, max_tokens, n), so hf and Unsloth evaluations decode alike. Pass use_model_defaults=False."""
+    from transformers import GenerationConfig
+
+    greedy = temperature <= 0
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy,
+                            temperature=1.0 if greedy else temperature, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                            num_return_sequences=1 if greedy else n, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id)
 
 
 def _generate_vllm(model, prompts, *, max_new_tokens, temperature, n, lora_path, seed):

@@ -362,3 +362,19 @@ def test_judge_is_loaded_through_unsloth_on_the_unsloth_backend(monkeypatch):
     assert writing.load_judge("Qwen/Qwen2.5-7B-Instruct", backend="unsloth") == ("judge-model", "judge-tok")
     assert calls["from_pretrained"]["fast_inference"] is False  # the policy already holds the one vLLM engine
     assert calls["from_pretrained"]["model_name"] == "Qwen/Qwen2.5-7B-Instruct" and calls["for_inference"] == "judge-model"
+
+
+def test_hf_decoding_ignores_the_models_generation_defaults():
+    """vLLM's SamplingParams ignore generation_config.json (Qwen2.5: repetition_penalty 1.05, top_k 20...);
+    the hf path must decode the same way, or the two backends evaluate different decoders."""
+    from helpers import config, evaluation
+
+    model, tok = training.load_model(config.preset("smoke"), "hf")
+    prompts = evaluation.chat_prompts(tok, ["What is 2 + 3? Answer with one number."])
+    plain = evaluation.generate(model, tok, prompts, max_new_tokens=24)
+    model.generation_config.repetition_penalty = 3.0
+    model.generation_config.top_k = 5
+    try:
+        assert evaluation.generate(model, tok, prompts, max_new_tokens=24) == plain
+    finally:
+        model.generation_config.repetition_penalty, model.generation_config.top_k = 1.0, 50
