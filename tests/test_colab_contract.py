@@ -48,7 +48,10 @@ CONTRACT: list[tuple[str, str, list[str]]] = [
     # model.save_lora / model.load_lora are functools.partial(<these>, model).
     ("unsloth_zoo/vllm_utils.py", "save_lora", ["model", "save_directory"]),
     ("unsloth_zoo/vllm_utils.py", "load_lora", ["model", "save_directory", "load_tensors"]),
-    ("vllm/sampling_params.py", "SamplingParams", ["temperature", "top_p", "max_tokens", "n", "stop", "seed"]),
+    ("vllm/sampling_params.py", "SamplingParams",
+     ["temperature", "top_p", "max_tokens", "n", "stop", "seed", "logprobs"]),
+    # helpers.writing.load_judge puts the judge (loaded by Unsloth) in inference mode.
+    ("unsloth/models/llama.py", "FastLlamaModel.for_inference", ["model"]),
     # With fast_inference=True, model.fast_generate is vLLM's LLM.generate.
     ("vllm/entrypoints/llm.py", "LLM.generate", ["sampling_params", "lora_request", "use_tqdm"]),
 ]
@@ -303,6 +306,7 @@ HELPER_CALLS = {  # callee as written in helpers/ -> CONTRACT entry it must matc
     "model.fast_generate": "LLM.generate",
     "model.load_lora": "load_lora",
     "model.save_lora": "save_lora",
+    "FastLanguageModel.for_inference": "FastLlamaModel.for_inference",
 }
 
 
@@ -331,3 +335,75 @@ def test_contract_covers_every_unsloth_and_vllm_call_in_helpers():
     print("\nhelpers' Unsloth/vLLM calls:", seen)
     assert {"FastLanguageModel.from_pretrained", "FastLanguageModel.get_peft_model", "SamplingParams",
             "model.fast_generate"} <= set(seen)
+
+
+# ---------------------------------------------------------------------------------------
+# Behaviour, not names: what helpers/ relies on in the pinned Unsloth source. Each entry names the wheel file,
+# the function, the lines that must still say so, and the helper code that depends on it. If a new pin changes
+# any of these, the test fails and the helper must be re-checked.
+UNSLOTH_BEHAVIOURS = [
+    ("unsloth/models/llama.py", "LlamaModel_fast_forward", [r"past_key_values_length = past_key_values\[0\]\[0\]\.shape\[2\]"],
+     "no KV cache on the fast forward: an empty DynamicCache raises KeyError, so helpers.logprob never shares a "
+     "prefix cache on an Unsloth model (score_encoded: share_prefix off)"),
+    ("unsloth/models/llama.py", "LlamaAttention_fast_forward",
+     [r"cos, sin = rotary_emb\(V, seq_len = kv_seq_len\)", r"Q, K = fast_rope_embedding\(Q, K, cos, sin\)"],
+     "RoPE ignores position_ids (positions are 0..n-1 of the input): a cached prefix would get wrong positions"),
+    ("unsloth/models/llama.py", "CausalLM_fast_forward",
+     [r"causal_mask = xformers\.attn_bias\.LowerTriangularMask\(\)",
+      r'os\.environ\.get\("UNSLOTH_RETURN_HIDDEN_STATES", "0"\) == "1"', r"logits = hidden_states,"],
+     "only the top-level forward supplies the causal mask, and with UNSLOTH_RETURN_HIDDEN_STATES=1 it returns "
+     "hidden states as .logits: helpers.logprob._hidden_states scores through it and applies the LM head"),
+    ("unsloth/models/llama.py", "LlamaModel_fast_forward",
+     [r"elif self\.training and os\.environ\.get\(\"UNSLOTH_KEEP_PADDING\", \"0\"\) != '1':\s+attention_mask = None"],
+     "in training mode the attention mask is dropped: scoring right-padded batches relies on the causal mask only"),
+    ("unsloth/models/rl.py", "_patch_trl_rl_trainers",
+     [r"if loss_type\.lower\(\) == 'dr_grpo':.*elif scale_rewards == True:.*scale_rewards = False"],
+     "Unsloth's GRPOConfig forces scale_rewards=False for dr_grpo: helpers.training.effective_args reads the "
+     "trainer's arguments back, and helpers.ablations.effective_variant predicts it"),
+    ("unsloth_zoo/rl_replacements.py", "grpo_accumulated_loss", [r"if n_chunks == -1: n_chunks = bsz"],
+     "the GRPO loss is computed one sequence per chunk, so 'bnpo' equals 'grpo' on Unsloth "
+     "(helpers.ablations.coinciding_variants skips the duplicate)"),
+    ("unsloth_zoo/rl_replacements.py", "grpo_compute_loss",
+     [r'elif loss_type == "bnpo":\s+loss = \(loss_i \* mask\)\.sum\(\) / mask\.sum\(\)'],
+     "bnpo normalizes by the tokens of the chunk it is given (one sequence: see grpo_accumulated_loss)"),
+    ("unsloth_zoo/dataset_utils.py", "sft_prepare_dataset",
+     [r'raise RuntimeError\("Unsloth: You must specify a `formatting_func`"\)',
+      r'if "labels" in column_names:.*do_tokenize = False'],
+     "prompt/completion datasets are rejected, a dataset with labels is used as it is: helpers.data."
+     "tokenized_sft_dataset gives the Unsloth cold start input_ids + labels"),
+    ("unsloth_zoo/training_utils.py", "prepare_model_for_training", [r"mixed_precision_dtype = torch\.float32"],
+     "LoRA weights are kept in fp32: helpers.training.lora_disk_estimate counts 4 bytes per LoRA parameter"),
+    ("unsloth/models/llama.py", "LlamaAttention_fast_forward", [r"Q, K, V = self\.apply_qkv\(self, hidden_states\)"],
+     "patched attention needs apply_qkv, set only on models Unsloth loads: helpers.writing.load_judge loads the "
+     "judge through Unsloth on that backend"),
+]
+
+
+def _function_source(package: str, module_path: str, name: str) -> str:
+    with zipfile.ZipFile(wheel_for(package)) as wheel:
+        source = wheel.read(module_path).decode("utf-8")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            return ast.get_source_segment(source, node) or ""
+    raise AssertionError(f"{module_path} has no function {name}")
+
+
+@pytest.mark.parametrize(("module_path", "function", "patterns", "why"), UNSLOTH_BEHAVIOURS,
+                         ids=[f"{m.split('/')[-1]}:{f}:{i}" for i, (m, f, _, _) in enumerate(UNSLOTH_BEHAVIOURS)])
+def test_pinned_unsloth_behaviour_helpers_rely_on(module_path, function, patterns, why):
+    package = module_path.split("/", 1)[0]
+    body = _function_source(package, module_path, function)
+    for pattern in patterns:
+        assert re.search(pattern, body, re.DOTALL), (
+            f"{wheel_for(package).name} {module_path}:{function} no longer matches {pattern!r}.\n"
+            f"helpers rely on it: {why}. Re-read the new source and adapt the helper.")
+    print(f"\n{module_path}:{function}: {why}")
+
+
+def test_is_bf16_supported_is_only_fixed_once_unsloth_is_imported():
+    """Why helpers.runtime decides bf16 from the compute capability: unsloth/__init__.py re-patches
+    torch.cuda.is_bf16_supported (which counts emulation since torch 2.4, True on a T4) only at import."""
+    with zipfile.ZipFile(wheel_for("unsloth")) as wheel:
+        init = wheel.read("unsloth/__init__.py").decode("utf-8")
+    assert "SUPPORTS_BFLOAT16 = (major_version >= 8)" in init and "including_emulation" in init
+    assert "torch.cuda.is_bf16_supported = is_bf16_supported" in init
