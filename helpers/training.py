@@ -212,6 +212,45 @@ def MetricsCallback(path, extra=None):  # noqa: N802 - a factory that reads like
     return _metrics_callback_class()(path, extra)
 
 
+def _text_progress_callback_class():
+    from transformers import TrainerCallback
+
+    class TextProgressCallback(TrainerCallback):
+        """One flushed plain-text line per logged step (headless runs, where widget bars don't stream):
+        `grpo step 3/30  loss 0.0120  reward 0.530  kl 0.0001  12.3 s/step`."""
+
+        KEYS = ("loss", "reward", "kl", "completions/mean_length")
+
+        def __init__(self, name: str = "train"):
+            self.name = name
+            self.last = None  # (time, step) of the previous line
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.last = (time.time(), state.global_step)
+                print(f"{self.name}: starting at step {state.global_step}/{state.max_steps}", flush=True)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+                return
+            now, step = time.time(), state.global_step
+            parts = [f"{self.name} step {step}/{state.max_steps}"]
+            parts += [f"{k.split('/')[-1]} {logs[k]:.4g}" for k in self.KEYS if isinstance(logs.get(k), (int, float))]
+            if self.last is not None and step > self.last[1]:
+                parts.append(f"{(now - self.last[0]) / (step - self.last[1]):.1f} s/step")
+            self.last = (now, step)
+            print("  ".join(parts), flush=True)
+
+    return TextProgressCallback
+
+
+def text_progress_callbacks(name: str = "train") -> list:
+    """[TextProgressCallback(name)] when headless (HELPERS_HEADLESS=1, set by scripts/run-notebook.sh), else []."""
+    from .runtime import headless
+
+    return [_text_progress_callback_class()(name)] if headless() else []
+
+
 # ---------------------------------------------------------------------------------------
 # Checkpoints and resume
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
@@ -287,7 +326,7 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
             dataloader_num_workers=0,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset_fn(rows), processing_class=tokenizer,
-                             callbacks=[MetricsCallback(run_dir / "sft_metrics.csv")])
+                             callbacks=[MetricsCallback(run_dir / "sft_metrics.csv"), *text_progress_callbacks("sft")])
         t0 = time.time()
         trainer.train()
         if trainer.is_world_process_zero():
@@ -382,7 +421,7 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
     trainer = (trainer_cls or GRPOTrainer)(
         model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=train_dataset,
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(metrics_csv, extra_metrics), *extra_callbacks],
+        callbacks=[MetricsCallback(metrics_csv, extra_metrics), *extra_callbacks, *text_progress_callbacks("grpo")],
     )
     if resume is not None:
         print(f"[train] resuming from {resume}")
