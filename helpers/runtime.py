@@ -104,14 +104,30 @@ def progress(iterable, desc: str = "", total: int | None = None):
     return _text_progress(iterable, desc, total if total is not None else len(iterable))
 
 
-def _text_progress(iterable, desc: str, total: int):
+def _text_progress(iterable, desc: str, total: int, heartbeat: float = 30.0):
+    """Yields the items, printing `desc: i/total  N s` after each one, and every `heartbeat` seconds while an
+    item is slow (a CPU evaluation batch can take minutes), so a headless console never goes quiet long."""
+    import threading
     import time
 
-    t0 = time.time()
+    t0, done, last, stop = time.time(), [0], [time.time()], threading.Event()
+
+    def beat():
+        while not stop.wait(min(heartbeat, 5.0)):
+            if time.time() - last[0] >= heartbeat:
+                last[0] = time.time()
+                print(f"{desc}: {done[0]}/{total}  {time.time() - t0:.0f} s (working on {done[0] + 1})", flush=True)
+
     print(f"{desc}: 0/{total}", flush=True)
-    for i, item in enumerate(iterable, 1):
-        yield item
-        print(f"{desc}: {i}/{total}  {time.time() - t0:.0f} s", flush=True)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        for i, item in enumerate(iterable, 1):
+            yield item
+            done[0], last[0] = i, time.time()
+            print(f"{desc}: {i}/{total}  {time.time() - t0:.0f} s", flush=True)
+    finally:
+        stop.set()
 
 
 def run_dir(project: str, run_name: str) -> Path:

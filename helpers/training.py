@@ -221,14 +221,30 @@ def _text_progress_callback_class():
 
         KEYS = ("loss", "reward", "kl", "completions/mean_length")
 
-        def __init__(self, name: str = "train"):
-            self.name = name
+        def __init__(self, name: str = "train", heartbeat: float = 30.0):
+            self.name, self.heartbeat = name, heartbeat
             self.last = None  # (time, step) of the previous line
+            self.stop = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
+                import threading
+
                 self.last = (time.time(), state.global_step)
                 print(f"{self.name}: starting at step {state.global_step}/{state.max_steps}", flush=True)
+                self.stop = threading.Event()
+                threading.Thread(target=self._beat, args=(state, self.stop), daemon=True).start()
+
+        def _beat(self, state, stop):  # a line every `heartbeat` s while a step is slow: the console never goes quiet
+            while not stop.wait(5.0):
+                if self.last is not None and time.time() - self.last[0] >= self.heartbeat:
+                    print(f"{self.name} step {state.global_step + 1}/{state.max_steps} running, "
+                          f"{time.time() - self.last[0]:.0f} s", flush=True)
+                    stop.wait(self.heartbeat - 5.0)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.stop is not None:
+                self.stop.set()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "train_runtime" in logs:
