@@ -28,7 +28,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
         return _generate_vllm(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, n=n,
                               lora_path=lora_path, seed=seed)
     import torch
-    from tqdm.auto import tqdm
+
+    from .runtime import progress
 
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
@@ -38,7 +39,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     model.eval()
     greedy = temperature <= 0
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        for start in progress(range(0, len(order), batch_size), desc=desc):  # text lines when headless
             idx = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(model.device)

