@@ -1,4 +1,5 @@
 """Run-directory mechanics (metrics CSV, checkpoints, resume) and one real smoke GRPO run."""
+import json
 import shutil
 
 import pandas as pd
@@ -38,13 +39,15 @@ def test_embedded_gguf_is_found_without_importing_the_package():
 
 
 @pytest.mark.slow
-def test_smoke_grpo_resumes_and_does_not_retrain(tmp_path):
+def test_smoke_grpo_resumes_and_does_not_retrain(tmp_path, monkeypatch):
     cfg = config.validate(config.preset("smoke", max_steps=1, save_steps=1, sft_steps=0), gpu_available=False)
     model, tok = training.load_model(cfg, "hf")
     assert tok.eos_token == "<|im_end|>" and tok.pad_token != tok.eos_token
     ds = data.grpo_dataset(data.load_gsm8k_rows("train", "bundled", n=8))
     funcs = list(rewards.RULE_REWARD_FUNCS.values())
-    first = training.train_grpo(cfg, model, tok, funcs, ds, tmp_path)
+    with monkeypatch.context() as m:  # the "disconnect" below comes before the run finishes and prunes them
+        m.setattr(training, "prune_checkpoints", lambda run_dir: 0)
+        first = training.train_grpo(cfg, model, tok, funcs, ds, tmp_path)
     assert first.status == "trained" and first.steps == 1 and training.is_finished(tmp_path)
 
     # Simulate a disconnect after checkpoint-1 of a longer run: no final LoRA yet.
@@ -56,6 +59,8 @@ def test_smoke_grpo_resumes_and_does_not_retrain(tmp_path):
     steps = list(pd.read_csv(tmp_path / "metrics.csv")["step"])
     assert steps == [1, 2], steps
     assert (tmp_path / "final_lora" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "checkpoints").exists(), "a finished run deletes its checkpoints (Drive space)"
+    assert json.loads((tmp_path / "effective_args.json").read_text())["loss_computed_as"] == cfg2.loss_type
 
     third = training.train_grpo(cfg2, model, tok, funcs, ds, tmp_path)
     assert third.status == "already finished"
