@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,6 @@ SYSTEM_PROMPT = (
 REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
 def completion_text(completion: Any) -> str:
@@ -59,14 +60,76 @@ def extract_answer(completion_text: str) -> str | None:
     return completion_text[start + len(ANSWER_OPEN):end].strip()
 
 
-def extract_last_number(text: str) -> str | None:
-    """Lenient: the last number anywhere in the text ('1,000' -> '1000'), or None."""
+# ---------------------------------------------------------------------------------------
+# Numbers in untrusted text. One scanner serves lenient accuracy (the last number) and the strict
+# correctness reward (helpers.rewards), so both read "3-4", "2023-10", "10:30" and "1,8" the same way.
+_DIGITS = re.compile(r"\d[\d,]*(?:\.\d+)?|\.\d+")
+_GROUPED = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+# Dates (2023-10, 2023-10-05, 10/05/2023) and clock times (10:30, 7:05:59) are not quantities.
+_NOT_QUANTITY = re.compile(r"(?<![\d.])(?:\d{4}-\d{1,2}(?:-\d{1,2})?|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}(?::\d{2}){1,2})(?![\d.])")
+_MINUS = "-\u2212"  # hyphen-minus and the unicode minus sign
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number found in text: its exact value, its text (sign included, commas removed), where it
+    stands, and whether it was malformed (a comma that is not a thousands separator: "1,8", "10,00")."""
+    value: Fraction
+    text: str
+    start: int
+    end: int
+    malformed: bool = False
+
+
+def scan_numbers(text: str, limit: int = 5000) -> list[Number]:
+    """Every number in the last `limit` characters of `text`, in order. Never raises, never evaluates.
+
+    - a minus sign counts only where a number can start (after a space, "(", "=", ":", "$", or at the
+      start): in "3-4", "2023-10" or "COVID-19" the hyphen joins words, it is not a sign;
+    - thousands separators count only in groups of three ("1,000" = 1000); "1,8" is malformed;
+    - dates and clock times are skipped (they are not quantities);
+    - digits glued to a letter on their left ("m2", "x3") are part of a word, not a number.
+    """
     if not isinstance(text, str):
-        return None
-    matches = _NUMBER.findall(text[-5000:])  # the last number is near the end; bound the scan
-    if not matches:
-        return None
-    return matches[-1].replace(",", "").rstrip(".") or None
+        return []
+    text = text[-limit:]
+    masked = _NOT_QUANTITY.sub(lambda m: " " * len(m.group(0)), text)
+    out: list[Number] = []
+    for m in _DIGITS.finditer(masked):
+        raw, start = m.group(0).rstrip(","), m.start()
+        if not raw:
+            continue
+        before = masked[start - 1] if start > 0 else " "
+        if before.isalpha() or before == "_":
+            continue
+        negative = False
+        if before in _MINUS:
+            prev = masked[start - 2] if start > 1 else " "
+            negative = not (prev.isalnum() or prev in ".)]}")
+        malformed = "," in raw and not _GROUPED.fullmatch(raw)
+        # A malformed "3,4" is read as the numbers 3 and 4 (flagged), never as 34.
+        parts = [(raw.replace(",", ""), start)] if not malformed else []
+        if malformed:
+            offset = start
+            for part in raw.split(","):
+                if part:
+                    parts.append((part, offset))
+                offset += len(part) + 1
+        for i, (digits, at) in enumerate(parts):
+            try:
+                value = Fraction(digits)
+            except (ValueError, ZeroDivisionError):
+                continue
+            neg = negative and i == 0
+            out.append(Number(-value if neg else value, ("-" if neg else "") + digits, at - (1 if neg else 0),
+                              at + len(digits), malformed))
+    return out
+
+
+def extract_last_number(text: str) -> str | None:
+    """Lenient: the last number anywhere in the text ('1,000' -> '1000', 'page 3-4' -> '4'), or None."""
+    numbers = scan_numbers(text)
+    return numbers[-1].text.rstrip(".") if numbers else None
 
 
 def split_reasoning(completion_text: str) -> tuple[str, bool]:

@@ -2,8 +2,19 @@
 
 Every public reward has TRL's signature `(prompts, completions, **kwargs) -> list[float]`, returns
 one finite float per completion, never raises on any string, and never evaluates model text.
-Correctness compares *values*: plain numbers and ratios exactly (`1,000` = `1000`, `$18.00` = `18`,
-`36/2` = `18`), everything else with Hugging Face's math-verify (LaTeX, expressions). math-verify's
+Correctness credits an answer block only when it commits to ONE value (`single_answer`), then compares
+*values*: plain numbers and ratios exactly (`1,000` = `1000`, `$18.00` = `18`, `36/2` = `18`), LaTeX and
+arithmetic expressions with Hugging Face's math-verify. What commits to one value:
+- a single number, with currency, unit words, a percent sign, `x = …`, `\boxed{…}`, or in a short sentence
+  ("The answer is 18."); the same number repeated ("18 eggs, so 18");
+- an equation or working line: the value after its last `=` ("9 * 2 = 18");
+- a ratio or fraction (`36/2`, `\frac{1}{2}`), or an arithmetic expression (`9 * 2`).
+What does not (reward 0, whatever the gold): two or more different numbers ("3 or 18", "either 17 or
+18", "between 17 and 19", "3, 18", a range "17-19"), several lines with different numbers ("18\n\n20"),
+several different `\boxed{}`, alternatives written before an `=` ("3 or x = 18"), a denial ("18 is
+wrong", "not 18", "isn't"), or a malformed number ("1,8": thousands separators only in groups of three).
+A GRPO policy finds every loophole in a reward: a hedge that pays is a hedge it will learn.
+math-verify's
 expression path hands sympy only digits, spaces and `+ - * / ^ ( )` (its own regex), so no names ever
 reach sympy's parser; power towers, huge exponents and division by zero are rejected before it.
 """
@@ -16,7 +27,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 from .data import (ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN, completion_text,
-                   extract_answer)
+                   extract_answer, scan_numbers)
 
 logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs every unparsable string
 
@@ -27,7 +38,6 @@ CORRECT_REWARD = 2.0
 _STRICT = re.compile(r"\s*<reasoning>\n.*?\n</reasoning>\s*<answer>\n?.*?\n?</answer>\s*", re.DOTALL)
 _SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
 _INTEGER = re.compile(r"-?\d{1,30}")
-_NUMBER = re.compile(r"[-+]?(\d[\d,]*(\.\d+)?|\.\d+)")
 # "18", "-3", "$1,000.00", "18 dollars", "18%": a plain number with an optional currency sign or unit word.
 _PLAIN = re.compile(
     r"\$?\s*([-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,2})?)\s*(?:%|[A-Za-z][A-Za-z ]{0,30})?\.?")
@@ -88,19 +98,6 @@ def integer_answer_reward(prompts=None, completions=(), **kwargs) -> list[float]
 
 # ---------------------------------------------------------------------------------------
 # Value comparison
-def _fraction(text: str) -> Fraction | None:
-    """Exact value of the last plain number in `text` ('$1,000.50' -> 2001/2), or None. No evaluation."""
-    m = None
-    for m in _NUMBER.finditer(text):
-        pass
-    if m is None:
-        return None
-    try:
-        return Fraction(m.group(0).replace(",", ""))
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
 @lru_cache(maxsize=4096)
 def _parse_gold(gold: str):
     from math_verify import ExprExtractionConfig, parse
@@ -130,19 +127,79 @@ def _exact_value(text: str) -> Fraction | None:
     return Fraction(int(num), int(den)) if int(den) != 0 else None
 
 
+_DENIAL = re.compile(r"\b(?:not|no|never|wrong|incorrect|false|isn't|wasn't|aren't|doesn't|don't|can't)\b|n't\b",
+                     re.IGNORECASE)
+_ALTERNATIVE = re.compile(r"\b(?:or|either|between|maybe|perhaps|possibly)\b", re.IGNORECASE)
+_RANGE = re.compile(r"\$?\d[\d,.]*\s?[-\u2013]\s?\$?\d[\d,.]*(?:\s+[A-Za-z]+)*")  # "17-19", "$3-$4 each"
+_EXPRESSION = re.compile(r"[\d\s.,+\-*/×÷^()\u2212]+")
+_OPERATOR_BETWEEN = re.compile(r"\d\s*[+*×÷^\-\u2212]\s*[\d(]")
+_FRAC = re.compile(r"\\[dt]?frac\{\s*([-+]?\d{1,12})\s*\}\{\s*(\d{1,12})\s*\}")
+_RATIO_TEXT = re.compile(r"(?<![\d.,])([-\u2212]?\d{1,12})\s*/\s*(\d{1,12})(?![\d.,])")
+
+
+def single_answer(text: str | None) -> tuple[str, object]:
+    """What an answer block commits to: ("value", Fraction), ("expr", text for math-verify), or
+    ("none", reason) when it determines no single value (see the module docstring). Never raises."""
+    if not isinstance(text, str):
+        return "none", "no answer"
+    t = text.strip()
+    if not t or len(t) > MAX_ANSWER_CHARS:
+        return "none", "empty or too long"
+    if _DENIAL.search(t):
+        return "none", "denial"
+    boxed = [b.strip() for b in _BOXED.findall(t)]
+    if boxed:
+        if len(set(boxed)) > 1:
+            return "none", "several boxed answers"
+        t = boxed[-1]
+    lines = [line for line in t.splitlines() if any(ch.isdigit() for ch in line)]
+    if len(lines) > 1:
+        verdicts = [single_answer(line) for line in lines]
+        kinds = {k for k, _ in verdicts}
+        if kinds == {"value"} and len({v for _, v in verdicts}) == 1:
+            return verdicts[-1]
+        return "none", "several lines with different answers"
+    for sign in ("=", "\u2248"):  # "9 * 2 = 18", "x = 18", "≈ 18": the value after the last one
+        if sign in t:
+            left, t = t.rsplit(sign, 1)
+            if _ALTERNATIVE.search(left):
+                return "none", "alternatives before '='"
+    t = t.strip().rstrip(".").strip()
+    t = _FRAC.sub(lambda m: f"{m.group(1)}/{m.group(2)}", t)
+    numbers = scan_numbers(t, limit=MAX_ANSWER_CHARS)
+    if any(n.malformed for n in numbers):
+        return "none", "malformed number"
+    if not numbers:
+        return ("expr", t) if "\\" in t else ("none", "no number")
+    if _RANGE.fullmatch(t):
+        return "none", "a range"
+    if len(numbers) > 1 and _EXPRESSION.fullmatch(t) and _OPERATOR_BETWEEN.search(t):
+        return "expr", t  # "9 * 2", "(16 - 3 - 4) * 2": one value, checked by math-verify
+    values = {n.value for n in numbers}
+    ratios = list(_RATIO_TEXT.finditer(t))
+    if len(ratios) == 1 and len(numbers) == 2:  # "36/2", "1/2 cup"
+        num, den = int(ratios[0].group(1).replace("\u2212", "-")), int(ratios[0].group(2))
+        return ("value", Fraction(num, den)) if den else ("none", "division by zero")
+    if len(values) == 1:
+        return "value", numbers[-1].value
+    return "none", "several different numbers"
+
+
 def answers_match(predicted: str | None, gold: str) -> bool:
-    """True when `predicted` has the same value as `gold`. Never raises, never evaluates text."""
+    """True when `predicted` commits to one value and it equals `gold`'s. Never raises, never evaluates text."""
     if predicted is None or not isinstance(gold, str):
         return False
-    predicted = predicted.strip()
-    if not predicted or len(predicted) > MAX_ANSWER_CHARS:
+    kind, what = single_answer(predicted)
+    if kind == "none":
         return False
-    boxed = _BOXED.findall(predicted)  # "\\boxed{18}" -> "18": the boxed part is the answer
-    if boxed:
-        predicted = boxed[-1].strip()
-    value, gold_value = _exact_value(predicted), _exact_value(gold.strip())
-    if value is not None and gold_value is not None:
-        return value == gold_value
+    gold_value = _exact_value(gold.strip())
+    if kind == "value":
+        return gold_value is not None and what == gold_value
+    return _verify_expression(str(what), gold)
+
+
+def _verify_expression(predicted: str, gold: str) -> bool:
+    """math-verify on a LaTeX or arithmetic answer, after the guards against towers, huge exponents and x/0."""
     if (len(_POWER.findall(predicted)) > 1 or re.search(r"(\^|\*\*)\s*\{?\s*-?\d{3,}", predicted)
             or _HUGE_EXPONENT.search(predicted) or _RATIO_BY_ZERO.search(predicted)):
         return False  # towers, huge exponents, x/0: sympy would spend seconds; never a GSM8K answer
@@ -157,8 +214,7 @@ def answers_match(predicted: str | None, gold: str) -> bool:
                 return bool(verify(_parse_gold(gold), parsed, timeout_seconds=2))
         except Exception:  # noqa: BLE001 - any failure of the verifier is "not verified", never a crash
             pass
-    a, b = _fraction(predicted), _fraction(gold)
-    return a is not None and a == b
+    return False
 
 
 def correctness_reward(prompts=None, completions=(), answer=(), **kwargs) -> list[float]:
