@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 from . import config as config_mod
 from . import data, evaluation, pipeline, runtime, training
 from .config import RULE_REWARDS, ConfigError, RunConfig
-from .logprob import DEFAULT_FLOOR, TRANSFORMS, logprob_reward
+from .logprob import TRANSFORMS, floor_for, logprob_reward
 from .rewards import RULE_REWARD_FUNCS
 
 # Options a variant may set besides RunConfig fields, with their defaults (notebook 02's setup).
@@ -45,7 +45,8 @@ LOGPROB_OPTIONS: dict[str, object] = {
     "scorer": "policy",       # "policy" (adapter on) or "reference" (adapter off: the starting policy)
     "format_rewards": True,   # False: the rule format rewards get weight 0 (still logged)
     "logprob_weight": 1.0,    # weight of the logprob reward in TRL's weighted sum
-    "floor": DEFAULT_FLOOR,   # lower bound of the "clip" transform (and value of unscorable completions)
+    "floor": None,   # lower bound of "clip" and reward of unscorable completions; None: the transform's own
+    # (-20 for log-space transforms, 0 for the probability transforms prob / gmean_prob / token_prob_mean)
     "sft_weight": 0.0,        # λ of the SFT term λ·NLL(gold | prompt, own reasoning); 0 = off
 }
 # Fields every variant of a grid shares, because all variants start from one shared cold start and one
@@ -168,8 +169,14 @@ def normalized_variant(variant: dict) -> dict:
     if not isinstance(v["format_rewards"], bool):
         raise ConfigError(f"Variant {name!r}: format_rewards={v['format_rewards']!r} must be True or False.")
     for key in ("logprob_weight", "floor", "sft_weight"):
+        if key == "floor" and v[key] is None:
+            continue
         if not isinstance(v[key], (int, float)) or isinstance(v[key], bool) or not math.isfinite(v[key]):
             raise ConfigError(f"Variant {name!r}: {key}={v[key]!r} must be a finite number.")
+    try:
+        floor_for(v["transform"], v["floor"])
+    except ConfigError as exc:
+        raise ConfigError(f"Variant {name!r}: {exc}") from exc
     if v["sft_weight"] < 0:
         raise ConfigError(f"Variant {name!r}: sft_weight={v['sft_weight']} must be 0 (off) or positive.")
     return v
@@ -430,6 +437,7 @@ def variant_row(run_dir: str | Path) -> dict:
         "lenient_accuracy": ev.get("lenient_accuracy", float("nan")),
         "format_rate": ev.get("format_rate", float("nan")),
         "gold_ppl_median": ev.get("gold_ppl_median", float("nan")),
+        "gold_answer_ppl_median": ev.get("gold_answer_ppl_median", float("nan")),  # answer tokens, no closing tag
         "eval_length_tokens": ev.get("mean_length_tokens", float("nan")),
         "train_completion_length": _tail_mean(m, "completions/mean_length"),
         "reward": _tail_mean(m, "reward"),
@@ -460,6 +468,7 @@ def aggregate(grid_dir: str | Path, names: Sequence[str] | None = None, same_as:
         rows.insert(0, {"variant": "start", "steps": 0, "strict_accuracy": s["strict_accuracy"],
                         "lenient_accuracy": s["lenient_accuracy"], "format_rate": s["format_rate"],
                         "gold_ppl_median": s.get("gold_ppl_median", float("nan")),
+                        "gold_answer_ppl_median": s.get("gold_answer_ppl_median", float("nan")),
                         "eval_length_tokens": s["mean_length_tokens"]})
     table = pd.DataFrame(rows)
     full = [r for r in rows if "same_as" not in r and r.get("variant") != "start"]

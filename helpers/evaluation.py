@@ -105,10 +105,11 @@ def evaluate(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, backend:
         model, tokenizer, prompts, max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
         temperature=temperature, backend=backend, lora_path=lora_path, seed=cfg.seed, desc=f"eval {label}".strip())]
     df = score_completions(completions, golds, tokenizer)
-    from .logprob import gold_perplexity  # how likely the model finds the gold answer after its own reasoning
+    from .logprob import gold_metrics  # how likely the model finds the gold answer after its own reasoning
 
-    df["gold_ppl"] = gold_perplexity(model, tokenizer, [make_prompt(q) for q in questions], completions, golds,
-                                     batch_size=cfg.eval_batch_size)
+    for col, values in gold_metrics(model, tokenizer, [make_prompt(q) for q in questions], completions, golds,
+                                    batch_size=cfg.eval_batch_size).items():
+        df[col] = values
     df.insert(0, "question", questions)
     df.insert(1, "gold", golds)
     df.insert(2, "completion", completions)
@@ -125,6 +126,11 @@ def summarize(df, label: str = "") -> dict:
         "format_rate": float(df["format_ok"].mean()),
         "mean_length_tokens": float(df["length_tokens"].mean()),
         **({"gold_ppl_median": float(df["gold_ppl"].median())} if "gold_ppl" in df else {}),
+        # The same over the gold answer's own tokens, without the closing tag (evaluations from before this
+        # column existed have none).
+        **({"gold_answer_ppl_median": float(df["gold_answer_ppl"].median()),
+            "gold_answer_logprob_mean": float(df["gold_answer_logprob"].mean()),
+            "gold_logprob_mean": float(df["gold_logprob"].mean())} if "gold_answer_ppl" in df else {}),
     }
 
 
@@ -193,12 +199,13 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
 
 def add_logprob_scores(model, tokenizer, samples, transforms: Sequence[str] = ("sum", "mean"), batch_size: int = 8):
     """Add the logprob reward of each sample (gold given its own reasoning) under each transform, in place."""
-    from .logprob import apply_transform, gold_logprobs
+    from .logprob import apply_transform, gold_answer_split
 
-    lps = gold_logprobs(model, tokenizer, [make_prompt(q) for q in samples["question"]], samples["completion"],
-                        samples["gold"], batch_size)
+    split = gold_answer_split(model, tokenizer, [make_prompt(q) for q in samples["question"]], samples["completion"],
+                              samples["gold"], batch_size)
     for name in transforms:
-        samples[f"logprob_{name}"] = [apply_transform(name, x) for x in lps]
+        samples[f"logprob_{name}"] = [apply_transform(name, x) for x, _ in split]
+    samples["answer_logprob"] = [float(sum(x[:k])) for x, k in split]  # the gold answer's own tokens, no tag
     return samples
 
 
@@ -211,17 +218,19 @@ def reward_auroc(samples, transforms: Sequence[str] = ("sum", "mean")) -> dict:
     return out
 
 
-def trace_probe(model, tokenizer, question: str, completion: str, gold: str) -> list[tuple[int, float]]:
-    """log P(gold | prompt, first k lines of the reasoning) for k = 0..K: where does the answer become likely?"""
+def trace_probe(model, tokenizer, question: str, completion: str, gold: str, *, answer_only: bool = False
+                ) -> list[tuple[int, float]]:
+    """log P(gold | prompt, first k lines of the reasoning) for k = 0..K: where does the answer become likely?
+    With `answer_only`, over the gold answer's own tokens (without the closing tag)."""
     from .data import split_reasoning
-    from .logprob import gold_logprobs, prompt_text
+    from .logprob import gold_answer_split, prompt_text
 
     reasoning, _ = split_reasoning(completion)
     lines = reasoning.split("\n")
     p = prompt_text(tokenizer, make_prompt(question))
     prefixes = ["\n".join(lines[:k]) + ("\n" if k else "") for k in range(len(lines) + 1)]
-    lps = gold_logprobs(model, tokenizer, [p] * len(prefixes), prefixes, [gold] * len(prefixes))
-    return [(k, sum(x)) for k, x in enumerate(lps)]
+    split = gold_answer_split(model, tokenizer, [p] * len(prefixes), prefixes, [gold] * len(prefixes))
+    return [(k, float(sum(x[:n] if answer_only else x))) for k, (x, n) in enumerate(split)]
 
 
 def best_of_n(model, tokenizer, samples, batch_size: int = 8) -> dict:

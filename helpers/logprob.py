@@ -329,12 +329,33 @@ TRANSFORMS: dict[str, Callable] = {
 }
 
 
+# Transforms whose values are probabilities, in [0, 1]: an unscorable completion gets 0 there (the least
+# likely answer), not the log-space floor -20, which would sit far outside every other reward in the group
+# and, after std scaling, swamp the advantages of the scorable ones.
+BOUNDED_TRANSFORMS = ("prob", "gmean_prob", "token_prob_mean")
+
+
+def floor_for(transform: str, floor: float | None = None) -> float:
+    """The reward of an unscorable completion (and the clip level) under `transform`: `floor` if given
+    (checked to lie in [0, 1] for the probability transforms), else 0.0 for those and DEFAULT_FLOOR (-20)
+    for the log-space ones."""
+    if floor is None:
+        return 0.0 if transform in BOUNDED_TRANSFORMS else DEFAULT_FLOOR
+    if transform in BOUNDED_TRANSFORMS and not 0.0 <= floor <= 1.0:
+        from .config import ConfigError
+
+        raise ConfigError(f"floor={floor} is outside the range [0, 1] of the {transform!r} transform (a probability). "
+                          "Leave floor unset (0.0) or pick a value in [0, 1].")
+    return float(floor)
+
+
 def apply_transform(name: str, lps: Sequence[float], base: Sequence[float] | None = None,
-                    floor: float = DEFAULT_FLOOR) -> float:
+                    floor: float | None = None) -> float:
     if name not in TRANSFORMS:
         from .config import ConfigError
 
         raise ConfigError(f"Unknown transform {name!r}. Choose one of {list(TRANSFORMS)}.")
+    floor = floor_for(name, floor)
     value = TRANSFORMS[name](list(lps), base, floor)
     return value if math.isfinite(value) else floor
 
@@ -390,7 +411,7 @@ class RewardStats:
 
 
 def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "policy", *,
-                   floor: float = DEFAULT_FLOOR, no_tag: str | float = "score", batch_size: int = 8,
+                   floor: float | None = None, no_tag: str | float = "score", batch_size: int = 8,
                    share_prefix: bool = True, max_length: int | None = None,
                    target_template: str = "{gold}\n" + ANSWER_CLOSE, name: str | None = None):
     """A TRL reward function: transform(log P(gold | prompt, own reasoning)), reading the `answer` column.
@@ -409,6 +430,7 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
         from .config import ConfigError
 
         raise ConfigError(f"Unknown scorer {scorer!r}. Choose 'policy' or 'reference'.")
+    floor = floor_for(transform, floor)  # 0 for the probability transforms, -20 for the log-space ones
     stats = RewardStats(name or f"logprob_{transform}")
     scope = scorer_scope(model, scorer)
 
@@ -503,3 +525,39 @@ def gold_logprobs(model, tokenizer, prompts, completions, golds, batch_size: int
 def gold_perplexity(model, tokenizer, prompts, completions, golds, batch_size: int = 8) -> list[float]:
     """exp(-mean log P(gold token | prompt, own reasoning)) per completion: lower is better."""
     return [math.exp(-_mean(x)) for x in gold_logprobs(model, tokenizer, prompts, completions, golds, batch_size)]
+
+
+def answer_token_count(tokenizer, context: str, target: str, answer_chars: int) -> int:
+    """How many of the target's tokens (joint tokenization, as `encode_pair`) overlap its first `answer_chars`
+    characters: the gold answer's own tokens at the start of "{gold}\n</answer>", the rest being the tag."""
+    enc = tokenizer(context + target, add_special_tokens=False, return_offsets_mapping=True)
+    boundary, end = len(context), len(context) + answer_chars
+    return sum(1 for s, e in enc["offset_mapping"] if e > boundary and e > s and s < end)
+
+
+def gold_answer_split(model, tokenizer, prompts, completions, golds, batch_size: int = 8
+                      ) -> list[tuple[list[float], int]]:
+    """Per completion: (per-token log P of the whole target "{gold}\n</answer>", how many of those tokens are the
+    gold answer's own). The reward keeps the closing tag (it separates "72" from "720"); the evaluation tables
+    report the answer's own tokens beside it, because with short answers most target tokens are the tag."""
+    pairs = [gold_context_target(prompt_text(tokenizer, p), completion_text(c), str(g))
+             for p, c, g in zip(prompts, completions, golds)]
+    lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs], batch_size=batch_size,
+                        share_prefix=True)
+    counts = [answer_token_count(tokenizer, c, t, len(str(g))) for (c, t, _), g in zip(pairs, golds)]
+    return [(lp, min(k, len(lp))) for lp, k in zip(lps, counts)]
+
+
+def gold_metrics(model, tokenizer, prompts, completions, golds, batch_size: int = 8) -> dict[str, list[float]]:
+    """Columns for the evaluation tables: gold log-prob (sum) and perplexity with the closing tag, and over the
+    gold answer's own tokens alone (`gold_answer_*`)."""
+    out: dict[str, list[float]] = {"gold_logprob": [], "gold_ppl": [], "gold_answer_logprob": [],
+                                   "gold_answer_ppl": [], "gold_answer_tokens": []}
+    for lp, k in gold_answer_split(model, tokenizer, prompts, completions, golds, batch_size):
+        answer = lp[:k]
+        out["gold_logprob"].append(float(sum(lp)))
+        out["gold_ppl"].append(math.exp(-_mean(lp)) if lp else float("nan"))
+        out["gold_answer_logprob"].append(float(sum(answer)))
+        out["gold_answer_ppl"].append(math.exp(-_mean(answer)) if answer else float("nan"))
+        out["gold_answer_tokens"].append(float(k))
+    return out

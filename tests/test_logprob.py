@@ -189,3 +189,35 @@ def test_clip_and_debiased():
     assert apply_transform("debiased", LPS, base=[-4.0, -1.0]) == pytest.approx(-3.5 + 5.0)
     assert apply_transform("sum", [float("-inf")]) == logprob.DEFAULT_FLOOR  # never non-finite
     assert set(TRANSFORMS) == {"sum", "mean", "prob", "gmean_prob", "token_prob_mean", "debiased", "clip"}
+
+
+# ---- the gold target: answer tokens beside the closing tag -------------------------------
+def test_answer_tokens_are_counted_apart_from_the_closing_tag(smol):
+    model, tok = smol
+    prompt = data.make_prompt("Tom has 3 apples and buys 69 more. How many apples does he have?")
+    comp = "<reasoning>\n3 + 69 = 72\n</reasoning>\n<answer>\n72\n</answer>"
+    (lps, k), = logprob.gold_answer_split(model, tok, [prompt], [comp], ["72"])
+    context, target, _ = logprob.gold_context_target(logprob.prompt_text(tok, prompt), comp, "72")
+    ids, first = logprob.encode_pair(tok, context, target)
+    assert tok.decode(ids[first:first + k]).strip() == "72" and "</answer>" in tok.decode(ids[first + k:])
+    assert 1 <= k < len(lps) == len(ids) - first  # most of the target is the tag
+    m = logprob.gold_metrics(model, tok, [prompt], [comp], ["72"])
+    assert m["gold_answer_logprob"][0] == pytest.approx(sum(lps[:k])) and m["gold_logprob"][0] == pytest.approx(sum(lps))
+    assert m["gold_answer_ppl"][0] == pytest.approx(math.exp(-sum(lps[:k]) / k))
+
+
+@pytest.mark.parametrize("name", ["prob", "gmean_prob", "token_prob_mean"])
+def test_probability_transforms_floor_inside_their_range(smol, name):
+    model, tok = smol
+    assert logprob.floor_for(name) == 0.0 and logprob.floor_for("sum") == logprob.DEFAULT_FLOOR
+    assert apply_transform(name, [float("nan")]) == 0.0  # non-finite -> the in-range floor
+    reward = logprob.logprob_reward(model, tok, name)
+    # an unscorable completion: its target does not fit in max_length
+    out = logprob.logprob_reward(model, tok, name, max_length=8)(
+        prompts=[PROMPT, PROMPT], completions=["<answer>", "x"], answer=["7" * 40, "1" * 40])
+    assert out == [0.0, 0.0]
+    ok = reward(prompts=[PROMPT], completions=["<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>"],
+                answer=["7"])
+    assert 0.0 <= ok[0] <= 1.0
+    with pytest.raises(Exception, match=r"outside the range \[0, 1\]"):
+        logprob.logprob_reward(model, tok, name, floor=-20.0)
