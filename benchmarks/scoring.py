@@ -58,7 +58,7 @@ def main():
     lens = [len(ids) for ids, _ in encoded]
     print(f"{G} sequences, {min(lens)}-{max(lens)} tokens each, target {len(encoded[0][0]) - encoded[0][1]} tokens; "
           f"torch threads={torch.get_num_threads()}")
-    body, head = logprob._body_and_head(model)
+    body, head = logprob.body_and_head(model)
 
     def floor():
         with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .plots import _plt, _save, training_curves
+from .plots import pyplot, save_figure, training_curves
 
 CURVE_COLUMNS = ("reward", "rewards/correctness_reward/mean", "completions/mean_length", "kl", "reward_std",
                  "frac_reward_zero_std")
@@ -43,7 +43,7 @@ def dynamics_curves(grid_dir: str | Path, label: str, save_to: Sequence[str | Pa
 
 def final_bars(table, label: str, save_to: Sequence[str | Path] = (), metrics: Sequence[str] = BAR_METRICS):
     """One panel per metric, one horizontal bar per variant (rows of ablations.aggregate's table)."""
-    plt = _plt()
+    plt = pyplot()
     import math
 
     metrics = [m for m in metrics if m in table and table[m].notna().any()]
@@ -71,7 +71,7 @@ def final_bars(table, label: str, save_to: Sequence[str | Path] = (), metrics: S
         ax.axis("off")
     fig.suptitle(label, fontsize=10)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 

@@ -511,12 +511,12 @@ def answer_nll(model, input_ids, attention_mask, target_mask):
 
     The LM head runs only where a target token is predicted (as in the scorer), and never through
     `model(...).logits`, which Unsloth may fill with hidden states."""
-    from .logprob import _body_and_head, _hidden_states, _target_logprobs
+    from .logprob import body_and_head, hidden_states, target_logprobs
 
-    hidden, _ = _hidden_states(model, input_ids, attention_mask)
-    head = _body_and_head(model)[1]
+    hidden, _ = hidden_states(model, input_ids, attention_mask)
+    head = body_and_head(model)[1]
     predicts = target_mask[:, 1:].bool()  # token j is predicted by the hidden state at j-1
-    lps = _target_logprobs(hidden[:, :-1][predicts], head, input_ids[:, 1:][predicts], head.weight.shape[0])
+    lps = target_logprobs(hidden[:, :-1][predicts], head, input_ids[:, 1:][predicts], head.weight.shape[0])
     return -lps.mean()
 
 
@@ -590,13 +590,13 @@ def target_token_stats(model, encoded: Sequence[tuple[list[int], int]], *, pad_i
     No gradient; the model's mode is restored. The LM head runs in chunks of `chunk` positions."""
     import torch
 
-    from .logprob import _body_and_head, _eval_mode, _hidden_states, _to_logits
+    from .logprob import body_and_head, eval_mode, hidden_states, to_logits
 
-    head = _body_and_head(model)[1]
+    head = body_and_head(model)[1]
     vocab, device = head.weight.shape[0], head.weight.device
     out: list = [None] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             width = max(len(encoded[i][0]) for i in idx)
@@ -605,14 +605,14 @@ def target_token_stats(model, encoded: Sequence[tuple[list[int], int]], *, pad_i
             for row, i in enumerate(idx):
                 ids[row, :len(encoded[i][0])] = torch.tensor(encoded[i][0])
                 mask[row, :len(encoded[i][0])] = 1
-            hidden, _ = _hidden_states(model, ids.to(device), mask.to(device))
+            hidden, _ = hidden_states(model, ids.to(device), mask.to(device))
             for row, i in enumerate(idx):
                 seq, first = encoded[i]
                 h = hidden[row, first - 1:len(seq) - 1]
                 tgt = torch.tensor(seq[first:], device=device)
                 lps, ents = [], []
                 for c in range(0, len(tgt), chunk):
-                    logp = torch.log_softmax(_to_logits(h[c:c + chunk], head, vocab).float(), dim=-1)
+                    logp = torch.log_softmax(to_logits(h[c:c + chunk], head, vocab).float(), dim=-1)
                     lps += logp.gather(-1, tgt[c:c + chunk, None]).squeeze(-1).tolist()
                     ents += (-(logp.exp() * logp).sum(-1)).tolist()
                 out[i] = (lps, ents)

@@ -11,7 +11,7 @@
   common token prefix of a group once (the G completions of one prompt share it) and runs only the
   continuations: cheaper than one forward per sequence.
 - we never trust `model(...).logits` to be logits: Unsloth's UNSLOTH_RETURN_HIDDEN_STATES makes it hold
-  hidden states, and `_to_logits` applies the LM head when the last dimension is not the vocabulary.
+  hidden states, and `to_logits` applies the LM head when the last dimension is not the vocabulary.
 
 On a model Unsloth has patched (`is_unsloth_model`), the decoder body must not be called directly:
 unsloth 2025.6.12 replaces it with `LlamaModel_fast_forward` (unsloth/models/llama.py), which reads
@@ -37,25 +37,25 @@ DEFAULT_FLOOR = -20.0
 
 # ---------------------------------------------------------------------------------------
 # Model plumbing
-def _causal_lm(model):
+def causal_lm(model):
     """The *ForCausalLM module under a PeftModel (LoRA layers are injected in place, so they still apply)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _body_and_head(model):
-    lm = _causal_lm(model)
+def body_and_head(model):
+    lm = causal_lm(model)
     body = lm.get_decoder() if hasattr(lm, "get_decoder") else None
     return body, lm.get_output_embeddings()
 
 
-def _to_logits(x, head, vocab_size: int):
+def to_logits(x, head, vocab_size: int):
     """Logits from `x`, which may already be logits or (Unsloth trap) hidden states."""
     return x if x.shape[-1] == vocab_size else head(x)
 
 
 def is_unsloth_model(model) -> bool:
     """True when Unsloth has patched this model's classes (their forward functions live in `unsloth.*`)."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     for obj in (lm, getattr(lm, "model", None)):
         forward = getattr(type(obj), "forward", None) if obj is not None else None
         if str(getattr(forward, "__module__", "") or "").startswith("unsloth"):
@@ -66,7 +66,7 @@ def is_unsloth_model(model) -> bool:
 def max_scoring_length(model) -> int | None:
     """The longest sequence the scorer may feed the model: Unsloth's `max_seq_length` (it silently truncates
     longer inputs), else the model's context window."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     limits = [getattr(lm, "max_seq_length", None), getattr(getattr(lm, "model", None), "max_seq_length", None),
               getattr(getattr(lm, "config", None), "max_position_embeddings", None)]
     limits = [int(x) for x in limits if isinstance(x, int) and x > 0]
@@ -86,18 +86,18 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
-def _hidden_states(model, input_ids, attention_mask, past_key_values=None, position_ids=None):
+def hidden_states(model, input_ids, attention_mask, past_key_values=None, position_ids=None):
     """(last hidden states, KV cache or None). On an Unsloth model: through the top-level forward (the only
     one that supplies the causal mask), hidden states requested with UNSLOTH_RETURN_HIDDEN_STATES=1, no cache.
-    What comes back there may still be logits (if Unsloth ignored the variable): callers use `_to_logits`."""
+    What comes back there may still be logits (if Unsloth ignored the variable): callers use `to_logits`."""
     if is_unsloth_model(model):
         if past_key_values is not None:
             raise RuntimeError("A KV cache cannot be passed to an Unsloth-patched model (it reads "
                                "past_key_values[0][0] and ignores position_ids): score without share_prefix.")
         with _env("UNSLOTH_RETURN_HIDDEN_STATES", "1"):
-            out = _causal_lm(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            out = causal_lm(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.logits, None
-    body, head = _body_and_head(model)
+    body, head = body_and_head(model)
     if body is not None:
         out = body(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                    position_ids=position_ids, use_cache=past_key_values is not None)
@@ -108,16 +108,16 @@ def _hidden_states(model, input_ids, attention_mask, past_key_values=None, posit
     return out.hidden_states[-1], getattr(out, "past_key_values", None)
 
 
-def _target_logprobs(hidden, head, target_ids, vocab_size):
+def target_logprobs(hidden, head, target_ids, vocab_size):
     """log P(target_ids[i] | …) from the hidden states that predict them, [N, H] -> [N], in float32."""
     import torch
 
-    logits = _to_logits(hidden, head, vocab_size).float()
+    logits = to_logits(hidden, head, vocab_size).float()
     return torch.log_softmax(logits, dim=-1).gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
 
 
 @contextmanager
-def _eval_mode(model):
+def eval_mode(model):
     was = model.training
     model.eval()
     try:
@@ -181,7 +181,7 @@ def score_encoded(model, encoded: Sequence[tuple[list[int], int]], *, batch_size
     if not encoded:
         return []
     share_prefix = share_prefix and not is_unsloth_model(model)  # no KV cache through Unsloth's forward
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         if share_prefix:
             keys = groups if groups is not None else [tuple(ids[:64]) for ids, _ in encoded]
             by_key: dict = defaultdict(list)
@@ -217,7 +217,7 @@ def _score_batch(model, items, pad_id, past=None, prefix_len: int = 0):
     """One right-padded forward over `items`; the LM head runs only where a target token is predicted."""
     import torch
 
-    body, head = _body_and_head(model)
+    body, head = body_and_head(model)
     vocab = head.weight.shape[0]
     device = head.weight.device
     seqs = [ids[prefix_len:] for ids, _ in items]
@@ -231,7 +231,7 @@ def _score_batch(model, items, pad_id, past=None, prefix_len: int = 0):
     position_ids = None
     if past is not None:
         position_ids = (torch.arange(width) + prefix_len).unsqueeze(0).expand(len(seqs), -1).to(device)
-    hidden, _ = _hidden_states(model, input_ids.to(device), mask.to(device), past_key_values=past,
+    hidden, _ = hidden_states(model, input_ids.to(device), mask.to(device), past_key_values=past,
                                position_ids=position_ids)
     rows, cols, tgt, sizes = [], [], [], []
     for row, (ids, first) in enumerate(items):
@@ -242,7 +242,7 @@ def _score_batch(model, items, pad_id, past=None, prefix_len: int = 0):
         tgt += ids[first:]
         sizes.append(len(positions))
     picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-    lps = _target_logprobs(picked, head, torch.tensor(tgt, device=device), vocab).tolist()
+    lps = target_logprobs(picked, head, torch.tensor(tgt, device=device), vocab).tolist()
     out, k = [], 0
     for n in sizes:
         out.append(lps[k:k + n])
@@ -264,9 +264,9 @@ def _score_shared_prefix(model, items, batch_size, pad_id):
         lcp = n
     if lcp < 8 or len(items) == 1:  # nothing worth sharing
         return _score_bucketed(model, items, batch_size, pad_id)
-    device = _body_and_head(model)[1].weight.device
+    device = body_and_head(model)[1].weight.device
     prefix = torch.tensor([first_ids[:lcp]], device=device)
-    _, cache = _hidden_states(model, prefix, torch.ones_like(prefix), past_key_values=_new_cache())
+    _, cache = hidden_states(model, prefix, torch.ones_like(prefix), past_key_values=_new_cache())
     return _score_bucketed(model, items, batch_size, pad_id, past_for=lambda n: _repeat_cache(cache, n),
                            prefix_len=lcp)
 
@@ -443,11 +443,11 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
         base_of = {}
         if transform == "debiased":  # one extra sequence per distinct prompt: the gold with no reasoning
             uniq = sorted({pstr[i] for i in to_score})
-            base_lps = _safe_score(model, tokenizer, [p + ANSWER_OPEN + "\n" for p in uniq],
+            base_lps = score_or_none(model, tokenizer, [p + ANSWER_OPEN + "\n" for p in uniq],
                                    [target_template.format(gold=golds[pstr.index(p)]) for p in uniq],
                                    batch_size, max_length, share_prefix, scope)
             base_of = dict(zip(uniq, base_lps))
-        scored = _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope,
+        scored = score_or_none(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope,
                              groups=[pstr[i] for i in to_score])  # the G completions of a prompt share its cache
         out = [float(no_tag) if no_tag != "score" else floor] * len(texts)
         raw = []
@@ -487,7 +487,7 @@ def encode_scorable(tokenizer, contexts, targets, max_length: int | None):
     return out
 
 
-def _safe_score(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope, groups=None):
+def score_or_none(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope, groups=None):
     """Per-token log-probs per pair; None for an unscorable input (floor reward). A failure of the scorer
     itself raises ScorerError at once, with what to do: a reward that silently became the floor for every
     completion would train on noise."""

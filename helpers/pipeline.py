@@ -141,7 +141,7 @@ class Experiment:
         steps = self.result.steps if self.result else self.cfg.max_steps
         return plots.run_label(self.cfg.model_name, f"{sft} SFT + {steps} GRPO" if sft else steps)
 
-    def _figure_paths(self, name: str) -> list[Path]:
+    def figure_paths(self, name: str) -> list[Path]:
         return [d / name for d in (self.run_dir, self.figures_dir) if d is not None]
 
     def table(self):
@@ -157,10 +157,10 @@ class Experiment:
         table = self.table()
         saved = {"eval_table": self.run_dir / "eval_table.csv"}
         if self.result is not None and self.result.metrics_csv.exists():
-            self.plot_curves(self.result.metrics_csv, self._figure_paths(f"{prefix}_training_curves.png"))
+            self.plot_curves(self.result.metrics_csv, self.figure_paths(f"{prefix}_training_curves.png"))
             saved["curves"] = self.run_dir / f"{prefix}_training_curves.png"
         if len(table):
-            self.plot_bars(table, self._figure_paths(f"{prefix}_before_after.png"))
+            self.plot_bars(table, self.figure_paths(f"{prefix}_before_after.png"))
             saved["bars"] = self.run_dir / f"{prefix}_before_after.png"
         runtime.atomic_write_json(self.run_dir / "summary.json", {
             "label": self.label, "eval": table.to_dict(orient="records"), "sft": self.sft,

@@ -23,7 +23,7 @@ def run_label(model: str, steps: int | str, hardware: str | None = None) -> str:
     return f"{model.split('/')[-1].replace('embedded:', '')} · {steps} steps · {hardware or hardware_label()}"
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     if not _in_notebook():
@@ -42,7 +42,7 @@ def _in_notebook() -> bool:
         return False
 
 
-def _save(fig, paths: Sequence[str | Path]) -> list[Path]:
+def save_figure(fig, paths: Sequence[str | Path]) -> list[Path]:
     out = []
     for p in paths:
         if p is None:
@@ -73,7 +73,7 @@ def training_curves(runs: dict[str, str | Path], label: str, save_to: Sequence[s
 
     `runs` maps a legend name to a metrics.csv path.
     """
-    plt = _plt()
+    plt = pyplot()
     frames = {name: load_metrics(p) for name, p in runs.items()}
     if columns is None:
         cols: list[str] = []
@@ -98,7 +98,7 @@ def training_curves(runs: dict[str, str | Path], label: str, save_to: Sequence[s
         axes.flat[0].legend(fontsize=8)
     fig.suptitle(label, fontsize=10)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -119,7 +119,7 @@ def _grouped_bars(ax, table, columns: Sequence[str], fmt: str, names: Sequence[s
 def accuracy_bars(table, label: str, save_to: Sequence[str | Path] = (),
                   metrics: Sequence[str] = ("strict_accuracy", "lenient_accuracy", "format_rate")):
     """Grouped bars: one group per metric, one bar per evaluated model (e.g. before / after)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(metrics), 3.4))
     _grouped_bars(ax, table, metrics, "{:.0%}")
     ax.set_ylim(0, 1.1)
@@ -127,7 +127,7 @@ def accuracy_bars(table, label: str, save_to: Sequence[str | Path] = (),
     ax.legend(fontsize=8)
     ax.set_title(label, fontsize=10)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -167,7 +167,7 @@ def sample_browser(df, columns: Sequence[str] | None = None, title: str = "sampl
 
 def trace_probe(curves: dict[str, Sequence[tuple[int, float]]], label: str, save_to: Sequence[str | Path] = ()):
     """log P(gold | prompt, first k reasoning lines) against k, one line per trace."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for name, pts in curves.items():
         ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", ms=3, label=name)
@@ -177,14 +177,14 @@ def trace_probe(curves: dict[str, Sequence[tuple[int, float]]], label: str, save
     ax.legend(fontsize=8)
     ax.set_title(label, fontsize=10)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
 def writing_bars(table, label: str, save_to: Sequence[str | Path] = ()):
     """Notebook 04's evaluation: the reference's perplexity given no plan / the model's own plan / the
     author's plan (lower = the plan helps more), then plan length and the stories' distinct-2, per model."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     groups = [c for c in ("ppl_no_plan", "ppl_own_plan", "ppl_author_plan") if c in table
               and table[c].notna().any()]
@@ -204,5 +204,5 @@ def writing_bars(table, label: str, save_to: Sequence[str | Path] = ()):
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(label, fontsize=10)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig

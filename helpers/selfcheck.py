@@ -49,9 +49,9 @@ def tolerance(model) -> float:
 
 
 def _weight_dtype(model):
-    from .logprob import _body_and_head
+    from .logprob import body_and_head
 
-    return _body_and_head(model)[1].weight.dtype
+    return body_and_head(model)[1].weight.dtype
 
 
 def reference_logprobs(model, tokenizer, context: str, target: str) -> list[float]:
@@ -60,19 +60,19 @@ def reference_logprobs(model, tokenizer, context: str, target: str) -> list[floa
 
     import torch
 
-    from .logprob import _body_and_head, _causal_lm, _eval_mode, _to_logits, encode_pair
+    from .logprob import body_and_head, causal_lm, eval_mode, to_logits, encode_pair
 
     ids, first = encode_pair(tokenizer, context, target)
-    head = _body_and_head(model)[1]
+    head = body_and_head(model)[1]
     x = torch.tensor([ids], device=head.weight.device)
     saved = os.environ.pop("UNSLOTH_RETURN_HIDDEN_STATES", None)  # plain logits, as a user's forward gets them
     try:
-        with torch.no_grad(), _eval_mode(model):
-            out = _causal_lm(model)(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+        with torch.no_grad(), eval_mode(model):
+            out = causal_lm(model)(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
     finally:
         if saved is not None:
             os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = saved
-    logits = _to_logits(out.logits[0], head, head.weight.shape[0]).float().log_softmax(-1)
+    logits = to_logits(out.logits[0], head, head.weight.shape[0]).float().log_softmax(-1)
     return [logits[j - 1, ids[j]].item() for j in range(first, len(ids))]
 
 
@@ -181,10 +181,10 @@ def check_adapter(model, tokenizer, backend: str, lora_path: str | Path | None =
         return {"adapter_check": "ok", "logprob_delta": delta}
     import torch
 
-    from .logprob import _eval_mode
+    from .logprob import eval_mode
 
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         on = model(**enc).logits.float()
         with model.disable_adapter():
             off = model(**enc).logits.float()

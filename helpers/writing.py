@@ -28,7 +28,7 @@ from typing import Sequence
 from . import pipeline, plots
 from .config import ConfigError, RunConfig
 from .data import ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN, completion_text
-from .logprob import RewardStats, _safe_score, prompt_text, reward_inputs, scorer_scope
+from .logprob import RewardStats, score_or_none, prompt_text, reward_inputs, scorer_scope
 
 BUNDLED_STORIES = Path(__file__).parent / "data_files" / "stories" / "stories.jsonl"
 HUB_DATASET = "roneneldan/TinyStories"  # license: CDLA-Sharing-1.0 (dataset card); synthetic stories by GPT-3.5/4
@@ -341,13 +341,13 @@ def writing_reward(model, tokenizer, kind: str = "mean", *, scorer: str | None =
         to_score = [i for i, st in enumerate(status) if refs[i] and not (constant and st in ("untagged", "missing"))]
         # one no-plan sequence per distinct (prompt, reference): the comparison point
         keys = sorted({(pstr[i], refs[i]) for i in to_score} - (set(noplan_cache) if scorer == "reference" else set()))
-        noplan_lps = _safe_score(model, tokenizer, [plan_context(p, "") for p, _ in keys], [r for _, r in keys],
+        noplan_lps = score_or_none(model, tokenizer, [plan_context(p, "") for p, _ in keys], [r for _, r in keys],
                                  batch_size, max_length, True, scope, groups=[p for p, _ in keys])
         noplan = {k: mean_logprob(lp) for k, lp in zip(keys, noplan_lps)}
         if scorer == "reference":
             noplan_cache.update(noplan)
             noplan = noplan_cache
-        plan_lps = _safe_score(model, tokenizer, [plan_context(pstr[i], plans[i]) for i in to_score],
+        plan_lps = score_or_none(model, tokenizer, [plan_context(pstr[i], plans[i]) for i in to_score],
                                [refs[i] for i in to_score], batch_size, max_length, True, scope,
                                groups=[pstr[i] for i in to_score])
         out = [float(no_tag) if constant else (floor if kind == "mean" else float(levels[0]))] * len(texts)
@@ -391,7 +391,7 @@ def score_plans(model, tokenizer, prompts: Sequence[str], plans: Sequence[str], 
                 frozen: bool = False, batch_size: int = 8) -> list[float]:
     """Mean token log-prob of each reference given prompt + plan ("" = no plan); `frozen`: adapter off."""
     scope = scorer_scope(model, "reference" if frozen else "policy")
-    lps = _safe_score(model, tokenizer, [plan_context(p, a) for p, a in zip(prompts, plans)], list(refs),
+    lps = score_or_none(model, tokenizer, [plan_context(p, a) for p, a in zip(prompts, plans)], list(refs),
                       batch_size, None, True, scope, groups=list(prompts))
     return [mean_logprob(lp) for lp in lps]
 
@@ -525,7 +525,7 @@ def judge_preferences(judge_model, judge_tokenizer, openings: Sequence[str], fir
             p = judge_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
             ctx += [p, p]
             tgt += ["A", "B"]
-    lps = _safe_score(judge_model, judge_tokenizer, ctx, tgt, batch_size, None, True, nullcontext, groups=ctx)
+    lps = score_or_none(judge_model, judge_tokenizer, ctx, tgt, batch_size, None, True, nullcontext, groups=ctx)
     score = [sum(lp) if lp else float("nan") for lp in lps]
     rows = []
     for k in range(len(openings)):

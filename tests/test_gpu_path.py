@@ -228,7 +228,7 @@ def test_scorer_failure_raises_instead_of_paying_the_floor(base_and_fake, pairs,
 
 def test_unscorable_inputs_still_get_the_floor(base_and_fake):
     base, _, tok = base_and_fake
-    out = logprob._safe_score(base, tok, ["a context", "another"], ["", "word " * 50], 2, 16, False,
+    out = logprob.score_or_none(base, tok, ["a context", "another"], ["", "word " * 50], 2, 16, False,
                               logprob.nullcontext)
     assert out == [None, None]
 
@@ -255,8 +255,8 @@ def test_self_check_fails_on_a_bidirectional_scorer(base_and_fake, monkeypatch):
 
 def test_self_check_fails_on_an_offset_scorer(base_and_fake, monkeypatch):
     base, _, tok = base_and_fake
-    real = logprob._target_logprobs
-    monkeypatch.setattr(logprob, "_target_logprobs", lambda *a: real(*a) - 0.5)
+    real = logprob.target_logprobs
+    monkeypatch.setattr(logprob, "target_logprobs", lambda *a: real(*a) - 0.5)
     with pytest.raises(selfcheck.SelfCheckError, match="0.5"):
         selfcheck.check_scorer(base, tok)
 

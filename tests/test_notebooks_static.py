@@ -138,3 +138,21 @@ def test_parameters_cell_holds_only_the_form(nb):
     after = code[code.index(src) + 1]
     assert "backend=BACKEND" in after and "runtime.pick_backend(cfg.backend)" in after
     assert not re.search(r"\bBACKEND\s*=", "\n".join(code[code.index(src) + 1:])), "BACKEND is the form field only"
+
+
+def test_no_module_imports_another_modules_private_names():
+    """helpers' modules talk through public names (issue: one module leaning on another's `_private` helpers)."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "helpers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                offenders += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names
+                              if a.name.startswith("_")]
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in {
+                        "logprob", "plots", "training", "evaluation", "data", "runtime", "config", "rewards",
+                        "pipeline", "ablations", "writing", "selfcheck", "config_mod"}):
+                offenders.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert not offenders, offenders

@@ -163,13 +163,13 @@ def test_reward_is_defined_on_bad_input(smol):
 def test_vrcli_scores_the_no_plan_baseline_once_per_story(smol, monkeypatch):
     model, tok = smol
     seen = []
-    real = writing._safe_score
+    real = writing.score_or_none
 
     def counting(m, t, contexts, *a, **k):
         seen.append(len(contexts))
         return real(m, t, contexts, *a, **k)
 
-    monkeypatch.setattr(writing, "_safe_score", counting)
+    monkeypatch.setattr(writing, "score_or_none", counting)
     vr = writing.writing_reward(model, tok, "vrcli")
     comps = ["<reasoning>\n- Mia finds the kite.\n</reasoning>\n<answer>\nx\n</answer>"] * 2
     _call(vr, comps)
@@ -297,7 +297,7 @@ def test_judge_needs_both_orders_to_agree(monkeypatch):
     table = {"always A": [-0.1, -3.0, -0.1, -3.0], "prefers first": [-0.1, -3.0, -3.0, -0.1],
              "prefers second": [-3.0, -0.1, -0.1, -3.0]}
     order = list(table)
-    monkeypatch.setattr(writing, "_safe_score", lambda *a, **k: [[x] for name in order for x in table[name]])
+    monkeypatch.setattr(writing, "score_or_none", lambda *a, **k: [[x] for name in order for x in table[name]])
 
     class Tok:
         def apply_chat_template(self, chat, **k):
