@@ -19,8 +19,17 @@ def hardware_label() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
+def model_label(model: str) -> str:
+    """The model's name as figures show it; the embedded model says what its weights really are."""
+    from .config import EMBEDDED_MODEL
+
+    if model == EMBEDDED_MODEL:
+        return "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32)"
+    return model.split("/")[-1]
+
+
 def run_label(model: str, steps: int | str, hardware: str | None = None) -> str:
-    return f"{model.split('/')[-1].replace('embedded:', '')} · {steps} steps · {hardware or hardware_label()}"
+    return f"{model_label(model)} · {steps} steps · {hardware or hardware_label()}"
 
 
 def pyplot():
