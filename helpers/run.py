@@ -87,7 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     backend = runtime.pick_backend(config.backend_request(cfg))
     runtime.banner(backend, cfg)
+    try:
+        return _run_stage(args, cfg, backend, variants if args.stage == "ablation" else None, kind, transform, scorer)
+    except config.ConfigError as exc:  # e.g. the run name holds a run made with another config (--overwrite)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_stage(args, cfg, backend, variants, kind, transform, scorer) -> int:
     if args.stage == "ablation":
+        from . import ablations
         from . import ablation_plots, plots
 
         table = ablations.run_grid(cfg, variants, backend=backend, overwrite=args.overwrite)
