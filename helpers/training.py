@@ -336,7 +336,13 @@ def config_differences(saved: dict, cfg: RunConfig) -> dict[str, tuple]:
 
 
 def mismatch_message(where: str | Path, diffs: dict[str, tuple]) -> str:
-    lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in diffs.items())
+    def show(k, old, new):
+        if isinstance(old, dict) and isinstance(new, dict):  # e.g. reward_weights: only the entries that differ
+            return [f"  {k}[{key!r}]: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+                    for key in {**old, **new} if old.get(key, "(absent)") != new.get(key, "(absent)")]
+        return [f"  {k}: {old!r} -> {new!r}"]
+
+    lines = "\n".join(line for k, (old, new) in diffs.items() for line in show(k, old, new))
     return (f"{where} holds a run made with a different configuration:\n{lines}\n"
             "Its saved results (adapters, evaluations) would be reused under the new configuration, so nothing "
             "was loaded. Either pick a new RUN_NAME (--run-name) to keep both runs, or set OVERWRITE=True "

@@ -21,9 +21,9 @@ def cli(tmp, *args):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """A real short smoke training (cold start 2 SFT steps merged on hf, then 1 GRPO step)."""
+    """A real short smoke training (cold start 2 SFT steps merged on hf, then 2 GRPO steps: the first has learning rate 0 in the warmup)."""
     tmp = tmp_path_factory.mktemp("runs")
-    out = cli(tmp, "--stage", "rule", "--preset", "smoke", "--run-name", "r", "--set", "max_steps=1")
+    out = cli(tmp, "--stage", "rule", "--preset", "smoke", "--run-name", "r", "--set", "max_steps=2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return tmp, tmp / "r"
 
@@ -32,7 +32,7 @@ def smoke_run(tmp_path_factory):
 def test_changed_config_same_run_name_stops(smoke_run):
     tmp, run = smoke_run
     saved = (run / "config.json").read_text()
-    out = cli(tmp, "--stage", "rule", "--preset", "smoke", "--run-name", "r", "--set", "max_steps=1",
+    out = cli(tmp, "--stage", "rule", "--preset", "smoke", "--run-name", "r", "--set", "max_steps=2",
               "--set", 'reward_weights={"correctness_reward": 0.0}')
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "reward_weights" in out.stderr and "RUN_NAME" in out.stderr and "OVERWRITE" in out.stderr, out.stderr
