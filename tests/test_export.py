@@ -47,6 +47,17 @@ def test_export_merged_equals_base_plus_lora(smoke_run):
     from helpers import evaluation, export
 
     tmp, run = smoke_run
+    # Smoke GRPO steps usually see all-zero rewards (16-token completions), so the trained lora_B stays exactly 0
+    # (its init) and would merge to nothing: give the real saved adapter random lora_B values so the test sees
+    # whether final_lora is merged (the SFT adapter is really trained and nonzero).
+    from safetensors.torch import load_file, save_file
+
+    weights_path = run / "final_lora" / "adapter_model.safetensors"
+    weights = load_file(str(weights_path))
+    gen = torch.Generator().manual_seed(0)
+    weights = {k: (torch.randn(v.shape, generator=gen) * 0.02).to(v.dtype) if "lora_B" in k else v
+               for k, v in weights.items()}
+    save_file(weights, str(weights_path), metadata={"format": "pt"})
     out = cli(tmp, "--stage", "export", "--preset", "smoke", "--run-name", "r")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     info = json.loads((run / "export.json").read_text())
