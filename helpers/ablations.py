@@ -302,7 +302,8 @@ def reset_lora(model, seed: int = 0) -> int:
 
 
 def run_grid(base_cfg: RunConfig, variants: Sequence[dict], *, backend: str,
-             load_model: Callable[[RunConfig], tuple] | None = None, dynamics_pool_size: int = 8):
+             load_model: Callable[[RunConfig], tuple] | None = None, dynamics_pool_size: int = 8,
+             overwrite: bool = False):
     """Train and evaluate every variant (skipping finished ones), then return the aggregated DataFrame.
 
     Every variant is validated before anything loads. Per variant, `_run_variant` loads a fresh model
@@ -311,6 +312,7 @@ def run_grid(base_cfg: RunConfig, variants: Sequence[dict], *, backend: str,
     """
     variants = validate_variants(variants, base_cfg)
     grid_dir = runtime.run_dir(base_cfg.project, base_cfg.run_name)
+    _check_grid_config(grid_dir, base_cfg, overwrite)  # the shared cold start and every variant's results
     same_as = coinciding_variants(variants, base_cfg, backend)
     for name, other in same_as.items():
         print(f"[ablations] {name}: on the {backend} backend it trains exactly like {other!r} "
@@ -325,6 +327,7 @@ def run_grid(base_cfg: RunConfig, variants: Sequence[dict], *, backend: str,
             continue
         rd = grid_dir / v["name"]
         if training.is_finished(rd) and (rd / "results.json").exists():
+            training.check_run_config(rd, variant_config(base_cfg, v))  # reused only under the same config
             print(f"[ablations] {v['name']}: finished earlier, reading {rd / 'results.json'}")
             continue
         resuming = training.latest_checkpoint(rd / "checkpoints") is not None
@@ -337,6 +340,33 @@ def run_grid(base_cfg: RunConfig, variants: Sequence[dict], *, backend: str,
     table = aggregate(grid_dir, [v["name"] for v in variants], same_as=same_as)
     runtime.atomic_write_csv(grid_dir / "ablation_results.csv", table)
     return table
+
+
+def _check_grid_config(grid_dir: Path, base_cfg: RunConfig, overwrite: bool) -> None:
+    """The grid directory holds the cold start all variants share (sft_lora/) and grid.json with the base config.
+    A changed base config under the same grid name stops (training.check_run_config's message); overwrite=True
+    deletes the whole grid's results. Each variant is then checked against its own <grid>/<name>/config.json
+    by pipeline.Experiment, so variants of one grid never compare against each other."""
+    import json
+    import shutil
+
+    from .config import ConfigError
+
+    path = grid_dir / "grid.json"
+    if overwrite:
+        if runtime.is_main_process():
+            for child in grid_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            print(f"[ablations] OVERWRITE: deleted the earlier results in {grid_dir}")
+        return
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text()).get("base", {})
+        except ValueError:
+            return
+        diffs = training.config_differences(saved, base_cfg)
+        if diffs:
+            raise ConfigError(training.mismatch_message(grid_dir, diffs))
 
 
 def _run_variant(cfg: RunConfig, variant: dict, *, backend: str, load_model: Callable, grid_dir: Path,

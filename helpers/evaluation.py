@@ -262,3 +262,29 @@ def best_of_n(model, tokenizer, samples, batch_size: int = 8) -> dict:
         picks["own-answer confidence"].append(bool(g.loc[g["confidence"].idxmax()]["strict_correct"]))
     return {k: sum(v) / len(v) for k, v in picks.items()} | {"questions": samples["q"].nunique(),
                                                              "n": int(samples.groupby("q").size().iloc[0])}
+
+
+def compare_answers(exp, question: str, max_new_tokens: int | None = None):
+    """Greedy answers to `question` from the starting model and from the trained one, side by side (a DataFrame).
+
+    "Starting model" is the policy before GRPO: on hf it is the LoRA adapter switched off, which after a cold start
+    is the base *with the SFT merged in* (training.cold_start_sft folds it into the weights); on Unsloth it is vLLM
+    without the LoRA, i.e. the pre-SFT base. The `model` column says which one you are looking at."""
+    import pandas as pd
+
+    prompts = chat_prompts(exp.tokenizer, [question])
+    n = max_new_tokens or exp.cfg.eval_max_new_tokens
+    merged_sft = exp.backend == "hf" and exp.sft.get("merged")
+    start_name = "base + cold-start SFT (merged), adapter off" if merged_sft else "base model (no adapter)"
+    if exp.backend == "unsloth":
+        start = generate(exp.model, exp.tokenizer, prompts, max_new_tokens=n, backend="unsloth")[0][0]
+        lora = exp.adapter_dir
+        trained = generate(exp.model, exp.tokenizer, prompts, max_new_tokens=n, backend="unsloth",
+                           lora_path=str(lora) if lora else None)[0][0]
+    else:
+        with exp.model.disable_adapter():
+            start = generate(exp.model, exp.tokenizer, prompts, max_new_tokens=n)[0][0]
+        trained = generate(exp.model, exp.tokenizer, prompts, max_new_tokens=n)[0][0]
+    trained_name = "after GRPO (LoRA on)" if exp.result is not None else "current adapter (not trained by GRPO yet)"
+    rows = [(start_name, start), (trained_name, trained)]
+    return pd.DataFrame([{"model": m, "answer": a, "parsed answer": extract_answer(a)} for m, a in rows])

@@ -22,7 +22,10 @@ from . import data, evaluation, plots, runtime, selfcheck, training
 
 class Experiment:
     def __init__(self, cfg: config_mod.RunConfig, *, backend: str | None = None, model=None, tokenizer=None,
-                 figures_dir: str | Path | None = None):
+                 figures_dir: str | Path | None = None, overwrite: bool = False):
+        """`overwrite=True` (the notebooks' OVERWRITE) deletes this run directory's earlier results first; without
+        it, a run directory whose config.json differs in a result-changing field stops here with a ConfigError
+        (training.check_run_config), before the model loads and before anything saved there is reused."""
         config_mod.validate(cfg, num_processes=runtime.num_processes())
         self.cfg = cfg
         self.is_main = runtime.is_main_process()  # under accelerate, only the main process evaluates and writes
@@ -31,6 +34,7 @@ class Experiment:
             raise config_mod.ConfigError("The embedded SmolLM2 GGUF model runs on the 'hf' backend only: pass "
                                          "backend='hf' (BACKEND='hf' in the notebook form).")
         self.run_dir = runtime.run_dir(cfg.project, cfg.run_name)
+        training.check_run_config(self.run_dir, cfg, overwrite)  # before cached evals, sft_lora or final_lora
         self.figures_dir = Path(figures_dir) if figures_dir else None
         if model is None:
             model, tokenizer = training.load_model(cfg, self.backend)

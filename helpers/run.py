@@ -4,6 +4,10 @@
     python -m helpers.run --stage logprob --preset t4 --set transform=gmean_prob --set max_steps=300
     python -m helpers.run --stage ablation --preset cpu
     python -m helpers.run --stage writing --preset cpu --set reward=vrcli
+    python -m helpers.run --stage export --preset cpu --run-name 01_rule_based   # -> runs/01_rule_based/merged/
+
+A run name that already holds a run made with a different configuration stops with the differing fields; pass
+`--overwrite` to delete that run's results and train again (or pick another --run-name).
 
 `--set key=value` overrides any RunConfig field (values parsed as JSON when they parse, else strings);
 `transform` and `scorer` are options of the logprob stage; `reward` (mean | vrcli) of the writing stage. The notebooks and this CLI call the same
@@ -22,6 +26,7 @@ STAGES = {
     "logprob": "notebook 02: GRPO with format rewards + log P(gold | prompt, own reasoning)",
     "ablation": "notebook 03: the preset's normalization ablation grid (helpers/ablations.py GRIDS)",
     "writing": "notebook 04: story continuation, plan rewarded by the likelihood of a reference (mean | vrcli)",
+    "export": "merge a finished run's LoRA into the base model: <run dir>/merged/ (helpers/export.py)",
 }
 
 
@@ -47,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default=None, help="smoke | cpu | t4 | a100 (default: $GRPO_PRESET, else by hardware)")
     ap.add_argument("--run-name", default=None, help="run folder name (default: 01_rule_based / 02_logprob)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a RunConfig field")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="delete the run directory's earlier results and train again (OVERWRITE=True in a notebook)")
+    ap.add_argument("--gguf", default=None, metavar="QUANT", help="export: also write a GGUF (unsloth backend only)")
+    ap.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                    help="export: push the merged model (token from Colab's secrets HF_TOKEN only)")
     args = ap.parse_args(argv)
+    if args.stage == "export":
+        return _export(args)
     try:
         sets = _parse_sets(args.set)
         transform, scorer = sets.pop("transform", "mean"), sets.pop("scorer", "policy")
@@ -75,10 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     backend = runtime.pick_backend(config.backend_request(cfg))
     runtime.banner(backend, cfg)
+    try:
+        return _run_stage(args, cfg, backend, variants if args.stage == "ablation" else None, kind, transform, scorer)
+    except config.ConfigError as exc:  # e.g. the run name holds a run made with another config (--overwrite)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_stage(args, cfg, backend, variants, kind, transform, scorer) -> int:
     if args.stage == "ablation":
+        from . import ablations
         from . import ablation_plots, plots
 
-        table = ablations.run_grid(cfg, variants, backend=backend)
+        table = ablations.run_grid(cfg, variants, backend=backend, overwrite=args.overwrite)
         if table is not None:
             grid_dir = runtime.run_dir(cfg.project, cfg.run_name)
             ablation_plots.report(grid_dir, table, plots.run_label(cfg.model_name, f"{cfg.max_steps} per variant"))
@@ -88,14 +109,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "writing":
         from . import writing
 
-        exp = writing.run_writing_stage(cfg, kind, backend=backend)
+        exp = writing.run_writing_stage(cfg, kind, backend=backend, overwrite=args.overwrite)
     elif args.stage == "rule":
-        exp = pipeline.run_rule_stage(cfg, backend=backend)
+        exp = pipeline.run_rule_stage(cfg, backend=backend, overwrite=args.overwrite)
     else:
-        exp = pipeline.run_logprob_stage(cfg, transform=transform, scorer=scorer, backend=backend)
+        exp = pipeline.run_logprob_stage(cfg, transform=transform, scorer=scorer, backend=backend,
+                                         overwrite=args.overwrite)
     if exp.is_main:
         print(exp.table().to_string(index=False))
         exp.saved_files()
+    return 0
+
+
+def _export(args) -> int:
+    from . import export
+
+    if not args.run_name:
+        print("error: --stage export needs --run-name (the run folder to export)", file=sys.stderr)
+        return 2
+    try:
+        project = config.preset(config.choose_preset(args.preset), **_parse_sets(args.set)).project
+        run_dir = runtime.runs_root(project) / args.run_name
+        cfg = export.run_config(run_dir)
+    except config.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    backend = runtime.pick_backend(config.backend_request(cfg))
+    info = export.export_run(run_dir, backend, gguf=args.gguf, push_to_hub=args.push_to_hub)
+    print(json.dumps(info, indent=1))
     return 0
 
 

@@ -299,6 +299,96 @@ def save_lora(model, tokenizer, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------
+# Same run name, different configuration: never reuse silently
+# RunConfig fields that do not change what a run computes (its trained adapter, metrics or evaluations).
+# Every other field is compared against the run directory's config.json before anything saved there is reused.
+BOOKKEEPING_FIELDS = frozenset({
+    "run_name", "project",  # where the run lives, not what it computes
+    "eval_batch_size", "logging_steps", "save_steps", "save_total_limit", "report_to", "self_check",
+    "vllm_server_url", "gpu_memory_utilization",
+})
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def config_differences(saved: dict, cfg: RunConfig) -> dict[str, tuple]:
+    """{field: (saved value, new value)} for every result-changing field where `cfg` differs from `saved` (a
+    config.json dict). A field the saved config lacks (added to RunConfig later) counts as its default value;
+    fields RunConfig no longer has are ignored."""
+    import dataclasses
+
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(RunConfig)}
+    new = _jsonable(cfg.to_dict())
+    out = {}
+    for name, value in new.items():
+        if name in BOOKKEEPING_FIELDS:
+            continue
+        old = _jsonable(saved[name]) if name in saved else _jsonable(
+            list(defaults[name]) if isinstance(defaults[name], tuple) else defaults[name])
+        if old != value:
+            out[name] = (old, value)
+    return out
+
+
+def mismatch_message(where: str | Path, diffs: dict[str, tuple]) -> str:
+    def show(k, old, new):
+        if isinstance(old, dict) and isinstance(new, dict):  # e.g. reward_weights: only the entries that differ
+            return [f"  {k}[{key!r}]: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+                    for key in {**old, **new} if old.get(key, "(absent)") != new.get(key, "(absent)")]
+        return [f"  {k}: {old!r} -> {new!r}"]
+
+    lines = "\n".join(line for k, (old, new) in diffs.items() for line in show(k, old, new))
+    return (f"{where} holds a run made with a different configuration:\n{lines}\n"
+            "Its saved results (adapters, evaluations) would be reused under the new configuration, so nothing "
+            "was loaded. Either pick a new RUN_NAME (--run-name) to keep both runs, or set OVERWRITE=True "
+            "(--overwrite) to delete this run's results and train again.")
+
+
+def check_run_config(run_dir: str | Path, cfg: RunConfig, overwrite: bool = False) -> str:
+    """Before anything in `run_dir` is reused: compare `cfg` with its saved config.json.
+
+    No config.json: write it ("new"). Same result-changing fields: keep the saved file as it is ("same").
+    Different, overwrite=False: ConfigError naming the fields (old -> new) and the two ways out.
+    Different or not, overwrite=True: delete the run directory's contents and write the new config ("overwritten").
+    """
+    import json
+    import shutil
+
+    from .config import ConfigError
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if overwrite:
+        if is_main_process() and run_dir.exists():
+            for child in run_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            print(f"[run] OVERWRITE: deleted the earlier results in {run_dir}")
+        status = "overwritten"
+    elif path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = None
+        if saved is not None:
+            diffs = config_differences(saved, cfg)
+            if diffs:
+                raise ConfigError(mismatch_message(run_dir, diffs))
+            return "same"
+        status = "new"
+    else:
+        status = "new"
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, cfg.to_dict())
+    return status
+
+
+# ---------------------------------------------------------------------------------------
 # Cold start SFT
 def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], run_dir: str | Path,
                    backend: str = "hf", completion_fn: Callable[[dict], str] | None = None,
@@ -432,8 +522,7 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
     """
     run_dir = Path(run_dir)
     metrics_csv, final = run_dir / "metrics.csv", run_dir / "final_lora"
-    if is_main_process():
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    check_run_config(run_dir, cfg)  # a finished run or checkpoint made with another configuration is not reused
     if is_finished(run_dir):
         load_adapter_weights(model, final)
         summary = _read_json(run_dir / "train_summary.json")

@@ -54,6 +54,10 @@ CONTRACT: list[tuple[str, str, list[str]]] = [
     ("unsloth/models/llama.py", "FastLlamaModel.for_inference", ["model"]),
     # With fast_inference=True, model.fast_generate is vLLM's LLM.generate.
     ("vllm/entrypoints/llm.py", "LLM.generate", ["sampling_params", "lora_request", "use_tqdm"]),
+    # helpers.export on Unsloth: unsloth/save.py patch_saving_functions binds these to the model (text models).
+    ("unsloth/save.py", "unsloth_generic_save_pretrained_merged", ["save_directory", "tokenizer", "save_method"]),
+    ("unsloth/save.py", "unsloth_save_pretrained_gguf", ["save_directory", "tokenizer", "quantization_method"]),
+    ("unsloth/save.py", "unsloth_generic_push_to_hub_merged", ["repo_id", "tokenizer", "save_method", "token"]),
 ]
 
 MODEL_ATTRIBUTES: list[tuple[str, str]] = [
@@ -307,6 +311,9 @@ HELPER_CALLS = {  # callee as written in helpers/ -> CONTRACT entry it must matc
     "model.load_lora": "load_lora",
     "model.save_lora": "save_lora",
     "FastLanguageModel.for_inference": "FastLlamaModel.for_inference",
+    "model.save_pretrained_merged": "unsloth_generic_save_pretrained_merged",
+    "model.save_pretrained_gguf": "unsloth_save_pretrained_gguf",
+    "model.push_to_hub_merged": "unsloth_generic_push_to_hub_merged",
 }
 
 

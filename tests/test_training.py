@@ -54,6 +54,9 @@ def test_smoke_grpo_resumes_and_does_not_retrain(tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "final_lora")
     (tmp_path / "train_summary.json").unlink()
     cfg2 = cfg.override(max_steps=2)
+    with pytest.raises(config.ConfigError, match="max_steps: 1 -> 2"):  # another config: not resumed silently
+        training.train_grpo(cfg2, model, tok, funcs, ds, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(cfg2.to_dict()))  # the longer run is the one that was started
     second = training.train_grpo(cfg2, model, tok, funcs, ds, tmp_path)
     assert second.status == "resumed" and second.steps == 2
     steps = list(pd.read_csv(tmp_path / "metrics.csv")["step"])
