@@ -47,3 +47,49 @@ def advantage_table(rewards_per_func: Sequence[Sequence[float]], names: Sequence
     table["advantage"] = adv.tolist()
     frac_zero_std = float(torch.isclose(std, torch.zeros_like(std)).float().mean())  # TRL's own test
     return table.round(3), frac_zero_std
+
+
+# One line per GRPOConfig argument helpers.training.grpo_args sets (the RunConfig field it comes from, if any).
+GRPO_ARG_COMMENTS = {
+    "learning_rate": "AdamW step size for the LoRA weights (RunConfig.learning_rate)",
+    "max_steps": "optimizer updates; each one generates a fresh batch of completions (max_steps)",
+    "lr_scheduler_type": "learning-rate shape over max_steps (lr_scheduler_type)",
+    "warmup_ratio": "share of the steps spent ramping the learning rate up from 0 (warmup_ratio)",
+    "weight_decay": "AdamW decoupled weight decay (weight_decay)",
+    "max_grad_norm": "clip the gradient's global L2 norm to this (max_grad_norm)",
+    "adam_beta1": "AdamW first-moment decay (adam_beta1)",
+    "adam_beta2": "AdamW second-moment decay (adam_beta2)",
+    "per_device_train_batch_size": "completions per device per micro-step (per_device_batch)",
+    "gradient_accumulation_steps": "micro-steps per optimizer update (grad_accum)",
+    "num_generations": "G, the group size: completions per prompt compared with each other (num_generations)",
+    "max_prompt_length": "prompt tokens kept (left-truncated) (max_prompt_length)",
+    "max_completion_length": "generation stops here; dr_grpo divides by it (max_completion_length)",
+    "temperature": "sampling temperature for the G completions: diversity inside a group (temperature)",
+    "beta": "β, weight of the KL penalty to the reference model; 0 skips the reference pass (beta)",
+    "loss_type": "how per-token losses are averaged: grpo | bnpo | dr_grpo (loss_type)",
+    "scale_rewards": "divide advantages by the group's reward std (scale_rewards)",
+    "reward_weights": "weight of each reward function in the sum r_i (reward_weights, set by train_grpo)",
+    "num_iterations": "updates per generated batch (TRL default 1: the ratio is exactly 1, clipping is inactive)",
+    "epsilon": "PPO clip range ±ε on the ratio (TRL default; inactive when num_iterations=1)",
+    "logging_steps": "write metrics every N steps (logging_steps)",
+    "save_steps": "checkpoint every N steps, for resume (save_steps)",
+    "save_total_limit": "checkpoints kept on disk (save_total_limit)",
+    "seed": "random seed (seed)",
+    "report_to": "extra loggers: none | tensorboard | wandb (report_to); metrics.csv is always written",
+    "bf16": "bf16 autocast (from precision)",
+    "fp16": "fp16 autocast with loss scaling (from precision)",
+    "use_vllm": "generate with vLLM (Unsloth backend, or vllm_mode server/colocate) instead of HF generate",
+    "optim": "optimizer: adamw_torch (hf) or adamw_8bit (Unsloth)",
+}
+
+
+def describe_grpo_config(args) -> str:
+    """Each GRPOConfig argument the course sets (or relies on), its value and what it does, one per line."""
+    width = max(map(len, GRPO_ARG_COMMENTS))
+    lines = []
+    for name, comment in GRPO_ARG_COMMENTS.items():
+        value = getattr(args, name, None)
+        if hasattr(value, "value"):  # enums such as SchedulerType
+            value = value.value
+        lines.append(f"{name:<{width}} = {value!s:<10} # {comment}")
+    return "\n".join(lines)
