@@ -153,14 +153,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
         learning_rate=5e-5, temperature=1.0,
     ),
-    # A real short run on a 2-core laptop with SmolLM2-135M (about 25 min on 2 cores, measured: README).
+    # A real short run on a 2-core laptop with SmolLM2-135M: notebook 01 (40 SFT + 30 GRPO steps, both evaluations)
+    # took 13.0 min wall on an idle 2-core CPU (scripts/run-notebook.sh, measured 2026-11-25; 16-19 min on a busier
+    # one); notebook 02 28.8 min, notebook 04 25.0 min (measured 2026-11-23). README, "Measured here".
     "cpu": dict(
         max_steps=30, num_generations=4, per_device_batch=4, max_prompt_length=256,
         max_completion_length=128, train_size=400, eval_size=30, eval_max_new_tokens=160,
         eval_batch_size=15, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
         lora_r=16, lora_alpha=32, learning_rate=2e-5, temperature=1.0,
     ),
-    # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit, fp16 (bf16 on an L4, which also gets this preset).
+    # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit (cost: estimates only, see notebook 01's table), fp16 (bf16 on an L4, which also gets this preset).
     # Use Qwen2.5-0.5B-Instruct to go faster.
     "t4": dict(
         model_name="Qwen/Qwen2.5-1.5B-Instruct", precision="auto", load_in_4bit=True, requires_gpu=True,
