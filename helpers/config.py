@@ -1,7 +1,9 @@
 """Run configuration: one `RunConfig` dataclass, the named presets, and validation.
 
-Everything a notebook or the CLI can change lives here, so defaults exist in one place
-(nanoGPT style) and a broken configuration is rejected *before* any model loads.
+RunConfig holds every model, LoRA, data, GRPO, optimizer/schedule and bookkeeping setting the trainers get,
+so those defaults exist in one place (nanoGPT style) and a broken configuration is rejected *before* any
+model loads. Task-specific reward options live next to their task: WRITING_OVERRIDES (helpers/writing.py),
+GRID_OVERRIDES and LOGPROB_OPTIONS (helpers/ablations.py).
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ RULE_REWARDS = (
     "integer_answer_reward",
     "correctness_reward",
 )
+
+
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
 class ConfigError(ValueError):
@@ -76,10 +81,19 @@ class RunConfig:
     reward_weights: dict[str, float] = field(
         default_factory=lambda: {name: 1.0 for name in RULE_REWARDS}
     )
+    # --- optimizer and schedule (passed to TRL's GRPOConfig; defaults as in Unsloth's GRPO recipes) ----
+    lr_scheduler_type: str = "cosine"  # learning-rate shape over max_steps: cosine | linear | constant
+    warmup_ratio: float = 0.1  # share of max_steps spent ramping the learning rate up from 0
+    weight_decay: float = 0.1  # AdamW decoupled weight decay on the LoRA weights
+    max_grad_norm: float = 0.1  # gradients are clipped to this global L2 norm (small: RL gradients are noisy)
+    adam_beta1: float = 0.9  # AdamW first-moment decay
+    adam_beta2: float = 0.99  # AdamW second-moment decay
     # --- cold start (SFT on tagged gold solutions before GRPO, as DeepSeek-R1 did) ----------
     sft_steps: int = 0
     sft_batch: int = 4
     sft_learning_rate: float = 2e-4
+    sft_lr_scheduler_type: str = "cosine"  # the cold start's learning-rate shape (SFTConfig)
+    sft_warmup_ratio: float = 0.1  # share of sft_steps spent warming up
     # --- writing task (notebook 04) --------------------------------------------------------
     max_plan_tokens: int = 64  # the writing reward reads at most this many plan tokens (longer plans are cut)
     max_target_tokens: int = 160  # reference continuations are trimmed to whole sentences within this budget
@@ -139,14 +153,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
         learning_rate=5e-5, temperature=1.0,
     ),
-    # A real short run on a 2-core laptop with SmolLM2-135M (about 25 min on 2 cores, measured: README).
+    # A real short run on a 2-core laptop with SmolLM2-135M: notebook 01 (40 SFT + 30 GRPO steps, both evaluations)
+    # took 13.0 min wall on an idle 2-core CPU (scripts/run-notebook.sh, measured 2026-11-25; 16-19 min on a busier
+    # one); notebook 02 28.8 min, notebook 04 25.0 min (measured 2026-11-23). README, "Measured here".
     "cpu": dict(
         max_steps=30, num_generations=4, per_device_batch=4, max_prompt_length=256,
         max_completion_length=128, train_size=400, eval_size=30, eval_max_new_tokens=160,
         eval_batch_size=15, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
         lora_r=16, lora_alpha=32, learning_rate=2e-5, temperature=1.0,
     ),
-    # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit, fp16 (bf16 on an L4, which also gets this preset).
+    # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit (cost: estimates only, see notebook 01's table), fp16 (bf16 on an L4, which also gets this preset).
     # Use Qwen2.5-0.5B-Instruct to go faster.
     "t4": dict(
         model_name="Qwen/Qwen2.5-1.5B-Instruct", precision="auto", load_in_4bit=True, requires_gpu=True,
@@ -247,6 +263,19 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
         raise ConfigError(f"temperature={cfg.temperature} must be in (0, 5].")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"learning_rate={cfg.learning_rate} must be positive.")
+    for name in ("lr_scheduler_type", "sft_lr_scheduler_type"):
+        if getattr(cfg, name) not in SCHEDULERS:
+            raise ConfigError(f"Unknown {name} {getattr(cfg, name)!r}. Choose one of {list(SCHEDULERS)}.")
+    for name in ("warmup_ratio", "sft_warmup_ratio"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be in [0, 1): a share of the steps.")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"weight_decay={cfg.weight_decay} must be 0 or more.")
+    if cfg.max_grad_norm <= 0:
+        raise ConfigError(f"max_grad_norm={cfg.max_grad_norm} must be positive (gradient clipping norm).")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be in [0, 1).")
     context = MODEL_CONTEXT.get(cfg.model_name)
     if context is not None and cfg.max_prompt_length + cfg.max_completion_length > context:
         raise ConfigError(

@@ -74,7 +74,8 @@ def max_scoring_length(model) -> int | None:
 
 
 @contextmanager
-def _env(name: str, value: str):
+def scoped_env(name: str, value: str):
+    """Set an environment variable for the duration of a `with` block (e.g. UNSLOTH_RETURN_LOGITS=1)."""
     old = os.environ.get(name)
     os.environ[name] = value
     try:
@@ -94,7 +95,7 @@ def hidden_states(model, input_ids, attention_mask, past_key_values=None, positi
         if past_key_values is not None:
             raise RuntimeError("A KV cache cannot be passed to an Unsloth-patched model (it reads "
                                "past_key_values[0][0] and ignores position_ids): score without share_prefix.")
-        with _env("UNSLOTH_RETURN_HIDDEN_STATES", "1"):
+        with scoped_env("UNSLOTH_RETURN_HIDDEN_STATES", "1"):
             out = causal_lm(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.logits, None
     body, head = body_and_head(model)

@@ -215,3 +215,36 @@ def writing_bars(table, label: str, save_to: Sequence[str | Path] = ()):
     fig.tight_layout()
     save_figure(fig, save_to)
     return fig
+
+
+GRPO_STEPS = (
+    ("1 generate", "G completions per prompt\n(temperature T, current policy)"),
+    ("2 reward", "each reward function scores\neach completion; weighted sum r_i"),
+    ("3 advantage", "A_i = (r_i - mean(r)) / (std(r) + 1e-4)\nwithin the group of G"),
+    ("4 loss + KL", "-A_i · ratio_t + β·KL_t per token\n(k3 estimator vs the reference)"),
+)
+
+
+def grpo_steps_figure(save_to: Sequence[str | Path] = ()):
+    """The four steps of one GRPO update (TRL 0.18.2), as boxes and arrows; the update loops back to step 1."""
+    plt = _plt()
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(12, 2.6))
+    ax.set_xlim(0, 4)
+    ax.set_ylim(-0.35, 1)
+    ax.axis("off")
+    colors = ("#dbe9f6", "#fde9d0", "#e2f0d9", "#f4dcdc")
+    for i, ((title, body), color) in enumerate(zip(GRPO_STEPS, colors)):
+        ax.add_patch(FancyBboxPatch((i + 0.06, 0.08), 0.82, 0.84, boxstyle="round,pad=0.02", fc=color, ec="#555"))
+        ax.text(i + 0.47, 0.74, title, ha="center", va="center", fontsize=11, weight="bold")
+        ax.text(i + 0.47, 0.38, body, ha="center", va="center", fontsize=8.5)
+        if i < len(GRPO_STEPS) - 1:
+            ax.add_patch(FancyArrowPatch((i + 0.9, 0.5), (i + 1.04, 0.5), arrowstyle="-|>", mutation_scale=14))
+    ax.add_patch(FancyArrowPatch((3.47, 0.05), (0.47, 0.05), connectionstyle="arc3,rad=-0.08", arrowstyle="-|>",
+                                 mutation_scale=14, color="#777"))
+    ax.text(2.0, -0.3, "optimizer step on the LoRA weights, then the next batch of prompts", ha="center",
+            fontsize=8.5, color="#555")
+    fig.tight_layout()
+    _save(fig, save_to)
+    return fig

@@ -426,7 +426,8 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
         args = SFTConfig(
             output_dir=str(run_dir / "sft_checkpoints"), max_steps=cfg.sft_steps,
             per_device_train_batch_size=cfg.sft_batch, learning_rate=cfg.sft_learning_rate,
-            lr_scheduler_type="cosine", warmup_ratio=0.1, logging_steps=1, save_strategy="no",
+            lr_scheduler_type=cfg.sft_lr_scheduler_type, warmup_ratio=cfg.sft_warmup_ratio, logging_steps=1,
+            save_strategy="no",
             report_to=cfg.report_to, seed=cfg.seed, bf16=precision == "bf16", fp16=precision == "fp16",
             max_length=cfg.max_prompt_length + cfg.max_completion_length, completion_only_loss=True,
             dataloader_num_workers=0,
@@ -480,8 +481,9 @@ def grpo_args(cfg: RunConfig, run_dir: str | Path, backend: str):
     precision = resolve_precision(cfg.precision)
     kwargs = dict(
         output_dir=str(Path(run_dir) / "checkpoints"),
-        learning_rate=cfg.learning_rate, max_steps=cfg.max_steps, lr_scheduler_type="cosine", warmup_ratio=0.1,
-        weight_decay=0.1, max_grad_norm=0.1, adam_beta1=0.9, adam_beta2=0.99,
+        learning_rate=cfg.learning_rate, max_steps=cfg.max_steps, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
         per_device_train_batch_size=cfg.per_device_batch, gradient_accumulation_steps=cfg.grad_accum,
         num_generations=cfg.num_generations, max_prompt_length=cfg.max_prompt_length,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,

@@ -1,9 +1,10 @@
 """What cancels in GRPO's advantages and what does not (taught in notebook 03), on TRL's own formula.
 
 TRL computes advantages inside `GRPOTrainer._generate_and_score_completions`, which also generates
-and scores completions, so it cannot run without a model. `trl_advantages` below is a line-for-line
-copy of trl 0.18.2, trl/trainer/grpo_trainer.py, lines 1204-1216; `test_copy_matches_installed_trl`
-reads the installed source and fails if those lines change, so the copy cannot drift silently.
+and scores completions, so it cannot run without a model. `helpers.grpo_math.trl_advantages` (which
+notebook 01 runs too) is a line-for-line copy of trl 0.18.2, trl/trainer/grpo_trainer.py, lines
+1204-1216; `test_copy_matches_installed_trl` reads the installed source and fails if those lines
+change, so the copy cannot drift silently.
 
 Notation: a group is the G completions of one prompt. Their gold answer is the same text, so its
 token count n is the same for the whole group (the target is tokenized jointly with a context that
@@ -17,20 +18,9 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from helpers.grpo_math import advantage_table, trl_advantages
+
 EPS = 1e-4  # TRL 0.18.2's constant in advantages / (std + 1e-4)
-
-
-def trl_advantages(rewards_per_func, reward_weights, num_generations: int, scale_rewards: bool):
-    """trl 0.18.2 grpo_trainer.py L1204-1216 (self.* turned into arguments, logging-only lines dropped)."""
-    rewards = (rewards_per_func * reward_weights.unsqueeze(0)).nansum(dim=1)
-    mean_grouped_rewards = rewards.view(-1, num_generations).mean(dim=1)
-    std_grouped_rewards = rewards.view(-1, num_generations).std(dim=1)
-    mean_grouped_rewards = mean_grouped_rewards.repeat_interleave(num_generations, dim=0)
-    std_grouped_rewards = std_grouped_rewards.repeat_interleave(num_generations, dim=0)
-    advantages = rewards - mean_grouped_rewards
-    if scale_rewards:
-        advantages = advantages / (std_grouped_rewards + 1e-4)
-    return advantages
 
 
 TRL_LINES = (  # the lines of trl 0.18.2 that trl_advantages copies, verbatim
@@ -194,3 +184,14 @@ def test_the_ablation_grid_pairs_behave_as_the_facts_say():
 
     assert torch.allclose(advantages("sum_only", MEANS), advantages("mean_only", MEANS), atol=1e-3)
     assert (advantages("sum", MEANS) - advantages("mean", MEANS)).abs().max() > 0.1
+
+
+def test_advantage_table_matches_trl_and_flags_tied_groups():
+    """Notebook 01's table: one winner, one all-equal group (advantages 0, counted by frac_reward_zero_std)."""
+    table, frac = advantage_table([[2.0], [0.0], [0.0], [0.0], [1.0], [1.0], [1.0], [1.0]], ["correctness"],
+                                  num_generations=4)
+    assert frac == 0.5
+    assert table["advantage"].tolist()[4:] == [0.0] * 4
+    assert table["advantage"].tolist()[0] == pytest.approx(1.5, abs=1e-3)
+    two, _ = advantage_table([[0.5, 2.0], [0.5, 0.0], [0.0, 0.0], [0.0, 2.0]], ["format", "correct"], [1.0, 0.5])
+    assert two["weighted sum"].tolist() == [1.5, 0.5, 0.0, 1.0]

@@ -83,3 +83,25 @@ def test_choose_preset_from_env(monkeypatch):
         config.choose_preset()
     monkeypatch.delenv("GRPO_PRESET")
     assert config.choose_preset() == "cpu"  # no GPU here
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("lr_scheduler_type", "wavy", "Unknown lr_scheduler_type"), ("sft_lr_scheduler_type", "x", "sft_lr_scheduler"),
+    ("warmup_ratio", 1.0, "warmup_ratio"), ("sft_warmup_ratio", -0.1, "sft_warmup_ratio"),
+    ("weight_decay", -1.0, "weight_decay"), ("max_grad_norm", 0.0, "max_grad_norm"),
+    ("adam_beta1", 1.0, "adam_beta1"), ("adam_beta2", -0.5, "adam_beta2"),
+])
+def test_optimizer_fields_are_validated(field, value, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        config.validate(config.preset("cpu", **{field: value}), gpu_available=False)
+
+
+def test_grpo_args_take_every_optimizer_setting_from_runconfig(tmp_path):
+    from helpers.training import grpo_args
+
+    cfg = config.preset("smoke", lr_scheduler_type="linear", warmup_ratio=0.2, weight_decay=0.01,
+                        max_grad_norm=1.0, adam_beta1=0.8, adam_beta2=0.95)
+    args = grpo_args(cfg, tmp_path, "hf")
+    assert str(args.lr_scheduler_type).split(".")[-1].lower() == "linear"
+    assert (args.warmup_ratio, args.weight_decay, args.max_grad_norm, args.adam_beta1, args.adam_beta2) == (
+        0.2, 0.01, 1.0, 0.8, 0.95)
