@@ -2,8 +2,8 @@
 
 RunConfig holds every model, LoRA, data, GRPO, optimizer/schedule and bookkeeping setting the trainers get,
 so those defaults exist in one place (nanoGPT style) and a broken configuration is rejected *before* any
-model loads. Task-specific reward options live next to their task: WRITING_OVERRIDES (helpers/writing.py),
-GRID_OVERRIDES and LOGPROB_OPTIONS (helpers/ablations.py).
+model loads. Task-specific reward options live next to their task: WRITING_OVERRIDES (helpers/writing/settings.py),
+GRID_OVERRIDES and LOGPROB_OPTIONS (helpers/ablations/grid.py).
 """
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ GRPO_STEPS = (
 
 def grpo_steps_figure(save_to: Sequence[str | Path] = ()):
     """The four steps of one GRPO update (TRL 0.18.2), as boxes and arrows; the update loops back to step 1."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     fig, ax = plt.subplots(figsize=(12, 2.6))
@@ -246,5 +246,5 @@ def grpo_steps_figure(save_to: Sequence[str | Path] = ()):
     ax.text(2.0, -0.3, "optimizer step on the LoRA weights, then the next batch of prompts", ha="center",
             fontsize=8.5, color="#555")
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig

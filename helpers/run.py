@@ -24,7 +24,7 @@ from . import config, pipeline, runtime
 STAGES = {
     "rule": "notebook 01: GRPO with rule rewards (format + correctness)",
     "logprob": "notebook 02: GRPO with format rewards + log P(gold | prompt, own reasoning)",
-    "ablation": "notebook 03: the preset's normalization ablation grid (helpers/ablations.py GRIDS)",
+    "ablation": "notebook 03: the preset's normalization ablation grid (helpers/ablations/grid.py GRIDS)",
     "writing": "notebook 04: story continuation, plan rewarded by the likelihood of a reference (mean | vrcli)",
     "export": "merge a finished run's LoRA into the base model: <run dir>/merged/ (helpers/export.py)",
 }

@@ -74,7 +74,7 @@ def test_bad_variants_fail_before_any_model_loads(base, monkeypatch, tmp_path, v
         raise AssertionError("a model was loaded before validation")
 
     monkeypatch.setattr(training, "load_model", no_model)
-    monkeypatch.setattr(ablations, "_run_variant", no_model)
+    monkeypatch.setattr(ablations.runner, "_run_variant", no_model)
     with pytest.raises(ConfigError, match=match):
         ablations.run_grid(base, variants, backend="hf", load_model=no_model)
     assert not list(tmp_path.iterdir()), "nothing may be written for an invalid grid"
@@ -151,7 +151,7 @@ def test_run_grid_skips_finished_and_resumes_interrupted(base, monkeypatch, tmp_
         write_finished(rd)
         write_results(rd, variant["name"])
 
-    monkeypatch.setattr(ablations, "_run_variant", fake_run_variant)
+    monkeypatch.setattr(ablations.runner, "_run_variant", fake_run_variant)
     variants = [{"name": n} for n in ("done", "interrupted", "evaluating", "fresh")]
     table = ablations.run_grid(base, variants, backend="hf", load_model=lambda cfg: None)
     assert calls == ["interrupted", "evaluating", "fresh"]
@@ -180,7 +180,7 @@ def test_variants_that_coincide_on_unsloth_are_skipped_and_named(base, monkeypat
         write_finished(rd)
         write_results(rd, variant["name"])
 
-    monkeypatch.setattr(ablations, "_run_variant", fake_run_variant)
+    monkeypatch.setattr(ablations.runner, "_run_variant", fake_run_variant)
     table = ablations.run_grid(base, [{"name": "mean"}, {"name": "bnpo", "loss_type": "bnpo"}], backend="unsloth",
                                load_model=lambda cfg: None)
     assert calls == ["mean"]

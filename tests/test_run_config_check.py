@@ -93,8 +93,8 @@ def test_grid_variants_do_not_trip_each_other(tmp_path, monkeypatch):
         for v in variants:
             training.check_run_config(grid / v["name"], ablations.variant_config(base, v))
     (grid / "grid.json").write_text(json.dumps({"base": base.to_dict()}))
-    ablations._check_grid_config(grid, base, overwrite=False)
+    ablations.runner._check_grid_config(grid, base, overwrite=False)
     with pytest.raises(ConfigError, match="sft_steps"):
-        ablations._check_grid_config(grid, base.override(sft_steps=base.sft_steps + 1), overwrite=False)
-    ablations._check_grid_config(grid, base.override(sft_steps=base.sft_steps + 1), overwrite=True)
+        ablations.runner._check_grid_config(grid, base.override(sft_steps=base.sft_steps + 1), overwrite=False)
+    ablations.runner._check_grid_config(grid, base.override(sft_steps=base.sft_steps + 1), overwrite=True)
     assert not any(grid.iterdir())

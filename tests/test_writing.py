@@ -169,7 +169,7 @@ def test_vrcli_scores_the_no_plan_baseline_once_per_story(smol, monkeypatch):
         seen.append(len(contexts))
         return real(m, t, contexts, *a, **k)
 
-    monkeypatch.setattr(writing, "score_or_none", counting)
+    monkeypatch.setattr(writing.reward, "score_or_none", counting)
     vr = writing.writing_reward(model, tok, "vrcli")
     comps = ["<reasoning>\n- Mia finds the kite.\n</reasoning>\n<answer>\nx\n</answer>"] * 2
     _call(vr, comps)
@@ -297,7 +297,7 @@ def test_judge_needs_both_orders_to_agree(monkeypatch):
     table = {"always A": [-0.1, -3.0, -0.1, -3.0], "prefers first": [-0.1, -3.0, -3.0, -0.1],
              "prefers second": [-3.0, -0.1, -0.1, -3.0]}
     order = list(table)
-    monkeypatch.setattr(writing, "score_or_none", lambda *a, **k: [[x] for name in order for x in table[name]])
+    monkeypatch.setattr(writing.judge, "score_or_none", lambda *a, **k: [[x] for name in order for x in table[name]])
 
     class Tok:
         def apply_chat_template(self, chat, **k):

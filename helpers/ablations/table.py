@@ -1,0 +1,93 @@
+"""The ablation table: one row per variant (results.json + metrics.csv), plus the shared start."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from .. import evaluation
+from ..config import RunConfig
+
+
+def _tail_mean(df, col: str, frac: float = 0.25) -> float:
+    """Mean of `col` over the last `frac` of logged steps (at least one row); NaN when absent."""
+    if col not in df or df[col].dropna().empty:
+        return float("nan")
+    s = df[col].dropna()
+    return float(s.tail(max(1, int(round(len(s) * frac)))).mean())
+
+
+def _col_mean(df, col: str) -> float:
+    return float(df[col].mean()) if col in df and not df[col].dropna().empty else float("nan")
+
+
+def variant_row(run_dir: str | Path) -> dict:
+    """One table row from a variant's results.json and metrics.csv.
+
+    Accuracy, gold perplexity and eval length: the greedy "after" evaluation. reward_std and
+    frac_reward_zero_std: mean over all steps (how much signal the groups carried). reward, kl and
+    train completion length: mean over the last quarter of steps (where training ended). wall_time_s:
+    median step interval × steps, which ignores the gaps of interrupted sessions.
+    """
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    res = json.loads((run_dir / "results.json").read_text())
+    v, ev = res.get("variant", {}), res.get("eval", {})
+    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    if (run_dir / "effective_args.json").exists():  # what the trainer really used (Unsloth may change it)
+        eff = json.loads((run_dir / "effective_args.json").read_text())
+        cfg = {**cfg, "scale_rewards": eff.get("scale_rewards"), "loss_type": eff.get("loss_computed_as")}
+        v = {k: val for k, val in v.items() if k not in ("scale_rewards", "loss_type")}
+    m = pd.read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else pd.DataFrame()
+    steps = int(m["step"].max()) if "step" in m and len(m) else int(res.get("train", {}).get("steps", 0))
+    step_s = float(m["time"].diff().median()) if "time" in m and len(m) > 1 else float("nan")
+    wall = step_s * steps if math.isfinite(step_s) else float(res.get("train", {}).get("seconds_this_session", "nan"))
+    return {
+        "variant": v.get("name", run_dir.name),
+        **{k: v.get(k) for k in ("transform", "scorer", "format_rewards", "logprob_weight", "sft_weight")},
+        **{k: v.get(k, cfg.get(k, RunConfig.__dataclass_fields__[k].default)) for k in ("scale_rewards", "loss_type")},
+        "steps": steps,
+        "wall_time_s": round(wall, 1) if math.isfinite(wall) else wall,
+        "strict_accuracy": ev.get("strict_accuracy", float("nan")),
+        "lenient_accuracy": ev.get("lenient_accuracy", float("nan")),
+        "format_rate": ev.get("format_rate", float("nan")),
+        "gold_ppl_median": ev.get("gold_ppl_median", float("nan")),
+        "gold_answer_ppl_median": ev.get("gold_answer_ppl_median", float("nan")),  # answer tokens, no closing tag
+        "eval_length_tokens": ev.get("mean_length_tokens", float("nan")),
+        "train_completion_length": _tail_mean(m, "completions/mean_length"),
+        "reward": _tail_mean(m, "reward"),
+        "reward_std": _col_mean(m, "reward_std"),
+        "frac_reward_zero_std": _col_mean(m, "frac_reward_zero_std"),
+        "kl": _tail_mean(m, "kl"),
+    }
+
+
+def aggregate(grid_dir: str | Path, names: Sequence[str] | None = None, same_as: dict[str, str] | None = None):
+    """One DataFrame row per variant with results.json (in `names` order, else folder order), plus a
+    "start" row (the shared starting policy, no GRPO) when the grid evaluated it. A variant skipped because
+    it coincides with another on this backend (`same_as`) gets a row naming that variant."""
+    import pandas as pd
+
+    grid_dir = Path(grid_dir)
+    same_as = same_as or {}
+    names = list(names) if names is not None else sorted(p.name for p in grid_dir.iterdir() if p.is_dir())
+    rows = []
+    for n in names:
+        if (grid_dir / n / "results.json").exists():
+            rows.append(variant_row(grid_dir / n))
+        elif n in same_as:
+            rows.append({"variant": n, "same_as": same_as[n]})
+    start = grid_dir / "eval_samples_start.csv"
+    if start.exists():
+        s = evaluation.summarize(pd.read_csv(start, keep_default_na=False), "start")
+        rows.insert(0, {"variant": "start", "steps": 0, "strict_accuracy": s["strict_accuracy"],
+                        "lenient_accuracy": s["lenient_accuracy"], "format_rate": s["format_rate"],
+                        "gold_ppl_median": s.get("gold_ppl_median", float("nan")),
+                        "gold_answer_ppl_median": s.get("gold_answer_ppl_median", float("nan")),
+                        "eval_length_tokens": s["mean_length_tokens"]})
+    table = pd.DataFrame(rows)
+    full = [r for r in rows if "same_as" not in r and r.get("variant") != "start"]
+    order = list(full[-1]) if full else []  # a trained variant's row has every column, in reading order
+    return table[order + [c for c in table.columns if c not in order]]

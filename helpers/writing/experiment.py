@@ -1,0 +1,102 @@
+"""Notebook 04 end to end: WritingExperiment (pipeline.Experiment on stories), the cold-start rows and the
+SFT/GRPO split of the stories."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .. import pipeline, plots
+from ..config import RunConfig
+from .curves import writing_curves
+from .evaluation import evaluate, summarize
+from .reward import writing_reward
+from .stories import format_example, grpo_dataset, load_for_run, sft_dataset, trim_to_tokens
+
+def cold_start_rows(rows: Sequence[dict], tokenizer, cfg: RunConfig) -> list[dict]:
+    """Stories that have an author's plan, as cold-start targets: the plan, then the story trimmed so the
+    whole completion fits in 3/4 of max_completion_length (GRPO's generations then end with </answer>)."""
+    out = []
+    budget = int(cfg.max_completion_length * 0.75)
+    for r in rows:
+        if not r.get("plan"):
+            continue
+        overhead = len(tokenizer(format_example(r["plan"], ""), add_special_tokens=False)["input_ids"])
+        story = trim_to_tokens(r["continuation"], tokenizer, max(8, budget - overhead))
+        out.append({**r, "completion": format_example(r["plan"], story)})
+    return out
+
+
+class WritingExperiment(pipeline.Experiment):
+    """pipeline.Experiment for the writing task: stories instead of GSM8K, its own evaluation and plots."""
+
+    pre_training_labels = ("before", "after_sft")
+    sft_kwargs = {"completion_fn": lambda r: r["completion"], "dataset_fn": sft_dataset}
+
+    def load_rows(self):
+        """(GRPO stories, held-out stories); runs after the tokenizer loads (continuations trimmed in tokens)."""
+        train, held = load_for_run(self.cfg, self.tokenizer)
+        self.sft_pool, grpo = sft_grpo_split(train, self.cfg.sft_steps > 0)
+        print(f"[data] {len(grpo)} stories for GRPO, {len(self.sft_pool)} for the cold start, "
+              f"{len(held)} held out ({train[0]['source'] if train else '-'})")
+        return grpo, held
+
+    def train_dataset(self):
+        return grpo_dataset(self.train_rows)
+
+    def sft_rows(self):
+        return cold_start_rows(self.sft_pool, self.tokenizer, self.cfg)
+
+    def cold_start(self, sft_dir=None) -> dict:
+        if self.cfg.sft_steps and not self.sft_pool:
+            print("[sft] no stories with an author's plan (hub data): the cold start has nothing to learn from.")
+            self.sft = {"sft": "skipped: no plans in the data"}
+            return self.sft
+        return super().cold_start(sft_dir)
+
+    def run_eval(self, rows, label: str, lora_path):
+        return evaluate(self.model, self.tokenizer, rows, self.cfg, backend=self.backend, label=label,
+                        lora_path=lora_path)
+
+    @staticmethod
+    def read_samples(path):
+        import pandas as pd
+
+        df = pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""])  # scores may be NaN
+        for col in ("plan", "story", "author_plan", "completion"):  # texts may be empty, never NaN
+            if col in df:
+                df[col] = df[col].fillna("").astype(str)
+        return df
+
+    @staticmethod
+    def summarize(df, label: str) -> dict:
+        return summarize(df, label)
+
+    def plot_curves(self, metrics_csv, save_to):
+        kind = next((f.split("_")[1] for f in self.cfg.reward_weights if f.startswith("writing_")), "mean")
+        writing_curves(metrics_csv, kind, self.label, save_to=save_to)
+
+    def plot_bars(self, table, save_to):
+        plots.writing_bars(table, self.label, save_to=save_to)
+
+
+def sft_grpo_split(train: Sequence[dict], cold_start: bool) -> tuple[list[dict], list[dict]]:
+    """(cold-start stories, GRPO stories): with a cold start on author plans, alternate stories go to each
+    side, so GRPO never sees a prompt whose author plan the model was fine-tuned on."""
+    if not cold_start or not any(r.get("plan") for r in train):
+        return [], list(train)
+    return list(train[0::2]), list(train[1::2])
+
+
+def run_writing_stage(cfg: RunConfig, kind: str = "mean", **kw):
+    """Notebook 04 end to end: held-out eval, cold start, GRPO with the writing reward, eval, report."""
+    from ..rewards import soft_format_reward, strict_format_reward
+
+    exp = WritingExperiment(cfg, **kw)
+    exp.evaluate("before")
+    exp.cold_start()
+    if cfg.sft_steps:
+        exp.evaluate("after_sft")
+    wr = writing_reward(exp.model, exp.tokenizer, kind, max_plan_tokens=cfg.max_plan_tokens)
+    exp.train([strict_format_reward, soft_format_reward, wr], extra_metrics=wr.stats.flush)
+    exp.evaluate("after")
+    exp.report("04")
+    return exp
