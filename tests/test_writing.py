@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import config, rewards, writing
+from helpers import config, logprob, rewards, writing
 from helpers.config import ConfigError
 
 REF = "Then Mia found the red kite in the old oak tree. She climbed down and ran home to show her brother."
@@ -115,7 +115,7 @@ def test_no_plan_and_empty_plan_score_as_the_empty_plan(smol):
     mean = writing.writing_reward(model, tok, "mean")
     r_none, r_empty = _call(mean, [no_plan, empty])
     stats = mean.stats.flush()
-    baseline = writing.score_plans(model, tok, [writing.prompt_text(tok, writing.make_prompt(OPENING))], [""], [REF])[0]
+    baseline = writing.score_plans(model, tok, [logprob.prompt_text(tok, writing.make_prompt(OPENING))], [""], [REF])[0]
     assert r_none == pytest.approx(baseline, abs=1e-5) and r_empty == pytest.approx(baseline, abs=1e-5)
     assert stats["writing_mean/plan_missing_frac"] == 1.0 and stats["writing_mean/improvement_pct"] == pytest.approx(0, abs=1e-3)
     vr = writing.writing_reward(model, tok, "vrcli")
@@ -130,7 +130,7 @@ def test_plan_over_the_limit_is_cut_and_flagged(smol):
     got = _call(reward, [f"<reasoning>\n{long_plan}\n</reasoning>\n<answer>\nx\n</answer>"])[0]
     stats = reward.stats.flush()
     cut, was_cut, n = writing.limit_plan(long_plan, tok, 24)
-    expected = writing.score_plans(model, tok, [writing.prompt_text(tok, writing.make_prompt(OPENING))], [cut], [REF])[0]
+    expected = writing.score_plans(model, tok, [logprob.prompt_text(tok, writing.make_prompt(OPENING))], [cut], [REF])[0]
     assert was_cut and got == pytest.approx(expected, abs=1e-5)
     assert stats["writing_mean/plan_truncated_frac"] == 1.0 and stats["writing_mean/plan_tokens"] == n > 24
 
@@ -163,7 +163,7 @@ def test_reward_is_defined_on_bad_input(smol):
 def test_vrcli_scores_the_no_plan_baseline_once_per_story(smol, monkeypatch):
     model, tok = smol
     seen = []
-    real = writing.score_or_none
+    real = writing.reward.score_or_none
 
     def counting(m, t, contexts, *a, **k):
         seen.append(len(contexts))
