@@ -32,6 +32,8 @@ RULE_REWARDS = (
 )
 
 
+TAG_STYLE_NAMES = ("reasoning", "think")  # helpers.data.TAG_STYLES holds their tags
+
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -65,6 +67,9 @@ class RunConfig:
     dataset_source: str = "auto"  # auto (hub on Colab, bundled elsewhere) | hub | bundled
     train_size: int | None = None  # None = every training question available
     eval_size: int = 50  # GSM8K test questions used for before/after evaluation
+    tag_style: str = "reasoning"  # the reasoning block's tags: "reasoning" = <reasoning>…</reasoning>, "think" =
+    # <think>…</think> (DeepSeek-R1 style). Prompts, format rewards, cold start and evaluation follow it; the answer
+    # block is <answer>…</answer> in both, so the logprob reward's target is the same. GSM8K notebooks (01-03, 05).
     # --- GRPO -----------------------------------------------------------------------------
     learning_rate: float = 5e-6
     max_steps: int = 250
@@ -245,6 +250,9 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
         raise ConfigError(f"sft_steps={cfg.sft_steps} must be 0 (off) or more.")
     if cfg.loss_type not in ("grpo", "bnpo", "dr_grpo"):
         raise ConfigError(f"Unknown loss_type {cfg.loss_type!r}. Choose one of 'grpo', 'bnpo', 'dr_grpo'.")
+    if cfg.tag_style not in TAG_STYLE_NAMES:
+        raise ConfigError(f"Unknown tag_style {cfg.tag_style!r}. Choose one of {list(TAG_STYLE_NAMES)}: "
+                          "'reasoning' (<reasoning>…</reasoning>) or 'think' (<think>…</think>).")
     if cfg.dataset_source not in ("auto", "hub", "bundled"):
         raise ConfigError(
             f"Unknown dataset_source {cfg.dataset_source!r}. Choose 'auto' (hub on Colab, bundled elsewhere), "

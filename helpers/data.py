@@ -17,13 +17,28 @@ from .config import ConfigError, RunConfig
 BUNDLED_DIR = Path(__file__).parent / "data_files" / "gsm8k"
 BUNDLED_FILES = {"test": "test.jsonl", "train": "train_subset.jsonl"}
 
-SYSTEM_PROMPT = (
-    "Respond in the following format:\n"
-    "<reasoning>\n...\n</reasoning>\n"
-    "<answer>\n...\n</answer>"
-)
-REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
+# The reasoning block's tags, by RunConfig.tag_style. The answer block is <answer>…</answer> in every style,
+# so answer extraction and the logprob reward's target ("{gold}\n</answer>") do not depend on the style.
+TAG_STYLES = {"reasoning": ("<reasoning>", "</reasoning>"),  # this curriculum's default (Will Brown's GRPO demo)
+              "think": ("<think>", "</think>")}  # DeepSeek-R1 / grpo-reasoncheck style
+REASONING_OPEN, REASONING_CLOSE = TAG_STYLES["reasoning"]
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+
+def reasoning_tags(tag_style: str = "reasoning") -> tuple[str, str]:
+    """(opening, closing) tag of the reasoning block in `tag_style`; ConfigError for an unknown style."""
+    if tag_style not in TAG_STYLES:
+        raise ConfigError(f"Unknown tag_style {tag_style!r}. Choose one of {sorted(TAG_STYLES)}.")
+    return TAG_STYLES[tag_style]
+
+
+def format_instructions(tag_style: str = "reasoning") -> str:
+    """The system prompt that asks for the tag format of `tag_style`."""
+    open_, close = reasoning_tags(tag_style)
+    return f"Respond in the following format:\n{open_}\n...\n{close}\n{ANSWER_OPEN}\n...\n{ANSWER_CLOSE}"
+
+
+SYSTEM_PROMPT = format_instructions("reasoning")
 
 
 
@@ -142,16 +157,20 @@ def split_reasoning(completion_text: str) -> tuple[str, bool]:
     return completion_text[:i], True
 
 
-def make_prompt(question: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
-    """Chat-format prompt: the format instructions as the system turn, the question as the user turn."""
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+def make_prompt(question: str, system_prompt: str | None = None, *, tag_style: str = "reasoning"
+                ) -> list[dict[str, str]]:
+    """Chat-format prompt: the format instructions as the system turn, the question as the user turn.
+    The instructions are `system_prompt` when given, else those of `tag_style`."""
+    system = system_prompt if system_prompt is not None else format_instructions(tag_style)
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
-def format_solution(gsm8k_answer: str) -> str:
-    """A GSM8K worked solution rewritten in our tag format (used for the cold-start SFT)."""
+def format_solution(gsm8k_answer: str, tag_style: str = "reasoning") -> str:
+    """A GSM8K worked solution rewritten in the tag format of `tag_style` (used for the cold-start SFT)."""
+    open_, close = reasoning_tags(tag_style)
     reasoning = gsm8k_answer.rsplit("####", 1)[0]
     reasoning = re.sub(r"<<[^>]*>>", "", reasoning).strip()  # drop calculator annotations
-    return f"{REASONING_OPEN}\n{reasoning}\n{REASONING_CLOSE}\n{ANSWER_OPEN}\n{extract_gold(gsm8k_answer)}\n{ANSWER_CLOSE}"
+    return f"{open_}\n{reasoning}\n{close}\n{ANSWER_OPEN}\n{extract_gold(gsm8k_answer)}\n{ANSWER_CLOSE}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,17 +230,18 @@ def load_gsm8k_rows(split: str, source: str = "auto", n: int | None = None) -> l
     return rows
 
 
-def grpo_dataset(rows: list[dict[str, str]], system_prompt: str = SYSTEM_PROMPT):
+def grpo_dataset(rows: list[dict[str, str]], system_prompt: str | None = None, *, tag_style: str = "reasoning"):
     """A datasets.Dataset with TRL's `prompt` column (chat format) and the gold `answer` column."""
     from datasets import Dataset
 
     return Dataset.from_list(
-        [{"prompt": make_prompt(r["question"], system_prompt), "answer": extract_gold(r["answer"]),
+        [{"prompt": make_prompt(r["question"], system_prompt, tag_style=tag_style),
+          "answer": extract_gold(r["answer"]),
           "question": r["question"]} for r in rows]
     )
 
 
-def sft_dataset(rows: list[dict[str, str]], system_prompt: str = SYSTEM_PROMPT):
+def sft_dataset(rows: list[dict[str, str]], system_prompt: str | None = None, *, tag_style: str = "reasoning"):
     """Prompt/completion conversations whose completion is the gold solution in tag format (SFTTrainer).
 
     TRL masks the prompt tokens, so the loss is on the assistant turn only.
@@ -229,8 +249,8 @@ def sft_dataset(rows: list[dict[str, str]], system_prompt: str = SYSTEM_PROMPT):
     from datasets import Dataset
 
     return Dataset.from_list(
-        [{"prompt": make_prompt(r["question"], system_prompt),
-          "completion": [{"role": "assistant", "content": format_solution(r["answer"])}]} for r in rows]
+        [{"prompt": make_prompt(r["question"], system_prompt, tag_style=tag_style),
+          "completion": [{"role": "assistant", "content": format_solution(r["answer"], tag_style)}]} for r in rows]
     )
 
 

@@ -14,7 +14,8 @@ DYNAMICS_KINDS = {"own": "gold answer after the model's own (start) reasoning",
                   "ref": "GSM8K reference solution in tag format"}
 
 
-def dynamics_pool(tokenizer, samples, test_rows: Sequence[dict], n: int = 8) -> list[dict]:
+def dynamics_pool(tokenizer, samples, test_rows: Sequence[dict], n: int = 8, tag_style: str = "reasoning"
+                  ) -> list[dict]:
     """A fixed pool of (kind, context, target): the gold answer after each of the first `n` saved eval
     completions (`samples`: question, gold, completion columns) and the first `n` reference solutions."""
     from .data import format_solution, make_prompt
@@ -22,11 +23,12 @@ def dynamics_pool(tokenizer, samples, test_rows: Sequence[dict], n: int = 8) -> 
 
     pool = []
     for q, g, c in list(zip(samples["question"], samples["gold"], samples["completion"]))[:n]:
-        context, target, _ = gold_context_target(prompt_text(tokenizer, make_prompt(q)), str(c), str(g))
+        context, target, _ = gold_context_target(prompt_text(tokenizer, make_prompt(q, tag_style=tag_style)),
+                                                 str(c), str(g))
         pool.append({"kind": "own", "context": context, "target": target})
     for r in list(test_rows)[:n]:
-        pool.append({"kind": "ref", "context": prompt_text(tokenizer, make_prompt(r["question"])),
-                     "target": format_solution(r["answer"])})
+        pool.append({"kind": "ref", "context": prompt_text(tokenizer, make_prompt(r["question"], tag_style=tag_style)),
+                     "target": format_solution(r["answer"], tag_style)})
     return pool
 
 

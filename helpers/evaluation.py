@@ -10,13 +10,14 @@ from typing import Sequence
 
 from .config import RunConfig
 from .data import extract_answer, extract_gold, extract_last_number, make_prompt
-from .rewards import RULE_REWARD_FUNCS, answers_match
+from .rewards import answers_match, rule_reward_funcs
 from .runtime import atomic_write_csv
 
 
-def chat_prompts(tokenizer, questions: Sequence[str]) -> list[str]:
-    """Chat-templated prompt strings, ending with the assistant turn opener."""
-    return [tokenizer.apply_chat_template(make_prompt(q), tokenize=False, add_generation_prompt=True)
+def chat_prompts(tokenizer, questions: Sequence[str], tag_style: str = "reasoning") -> list[str]:
+    """Chat-templated prompt strings (format instructions of `tag_style`), ending with the assistant turn opener."""
+    return [tokenizer.apply_chat_template(make_prompt(q, tag_style=tag_style), tokenize=False,
+                                          add_generation_prompt=True)
             for q in questions]
 
 
@@ -76,8 +77,9 @@ def _generate_vllm(model, prompts, *, max_new_tokens, temperature, n, lora_path,
     return [[o.text for o in r.outputs] for r in results]
 
 
-def score_completions(completions: Sequence[str], golds: Sequence[str], tokenizer=None) -> "pd.DataFrame":
-    """Per completion: strict/lenient correctness, every rule reward, and length in tokens."""
+def score_completions(completions: Sequence[str], golds: Sequence[str], tokenizer=None,
+                      tag_style: str = "reasoning") -> "pd.DataFrame":
+    """Per completion: strict/lenient correctness, every rule reward (format in `tag_style`), length in tokens."""
     import pandas as pd
 
     golds = list(golds)
@@ -85,7 +87,7 @@ def score_completions(completions: Sequence[str], golds: Sequence[str], tokenize
         "strict_correct": [answers_match(extract_answer(c), g) for c, g in zip(completions, golds)],
         "lenient_correct": [answers_match(extract_last_number(c), g) for c, g in zip(completions, golds)],
     }
-    for name, f in RULE_REWARD_FUNCS.items():
+    for name, f in rule_reward_funcs(tag_style).items():
         rows[name] = f(prompts=None, completions=list(completions), answer=golds)
     rows["format_ok"] = [r > 0 for r in rows["strict_format_reward"]]
     if tokenizer is not None:
@@ -100,14 +102,14 @@ def evaluate(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, backend:
     """Greedy answers to GSM8K `rows`: (summary dict, per-question DataFrame)."""
     questions = [r["question"] for r in rows]
     golds = [extract_gold(r["answer"]) for r in rows]
-    prompts = chat_prompts(tokenizer, questions)
+    prompts = chat_prompts(tokenizer, questions, cfg.tag_style)
     completions = [c[0] for c in generate(
         model, tokenizer, prompts, max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
         temperature=temperature, backend=backend, lora_path=lora_path, seed=cfg.seed, desc=f"eval {label}".strip())]
-    df = score_completions(completions, golds, tokenizer)
+    df = score_completions(completions, golds, tokenizer, cfg.tag_style)
     from .logprob import gold_metrics  # how likely the model finds the gold answer after its own reasoning
 
-    for col, values in gold_metrics(model, tokenizer, [make_prompt(q) for q in questions], completions, golds,
+    for col, values in gold_metrics(model, tokenizer, [make_prompt(q, tag_style=cfg.tag_style) for q in questions], completions, golds,
                                     batch_size=cfg.eval_batch_size).items():
         df[col] = values
     df.insert(0, "question", questions)
@@ -173,14 +175,14 @@ def sample_groups(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, n: 
 
     questions = [r["question"] for r in rows]
     golds = [extract_gold(r["answer"]) for r in rows]
-    samples = generate(model, tokenizer, chat_prompts(tokenizer, questions),
+    samples = generate(model, tokenizer, chat_prompts(tokenizer, questions, cfg.tag_style),
                        max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
                        temperature=temperature, n=n, backend=backend, lora_path=lora_path, seed=cfg.seed,
                        desc=f"sample {n}/question")
     recs = []
     for qi, (q, g, comps) in enumerate(zip(questions, golds, samples)):
         for si, c in enumerate(comps):
-            recs.append({"q": qi, "sample": si, "question": q, "gold": g, "completion": c,
+            recs.append({"q": qi, "sample": si, "question": q, "gold": g, "completion": c, "tag_style": cfg.tag_style,
                          "own_answer": extract_answer(c),
                          "strict_correct": answers_match(extract_answer(c), g),
                          "lenient_correct": answers_match(extract_last_number(c), g)})
@@ -197,12 +199,22 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def add_logprob_scores(model, tokenizer, samples, transforms: Sequence[str] = ("sum", "mean"), batch_size: int = 8):
-    """Add the logprob reward of each sample (gold given its own reasoning) under each transform, in place."""
+def _samples_style(samples, tag_style: str | None) -> str:
+    """The tag style the samples were generated with: given, else sample_groups' column, else "reasoning"."""
+    if tag_style is not None:
+        return tag_style
+    return str(samples["tag_style"].iloc[0]) if "tag_style" in samples and len(samples) else "reasoning"
+
+
+def add_logprob_scores(model, tokenizer, samples, transforms: Sequence[str] = ("sum", "mean"), batch_size: int = 8,
+                       tag_style: str | None = None):
+    """Add the logprob reward of each sample (gold given its own reasoning) under each transform, in place.
+    The samples are scored after the prompt they were generated from (`tag_style`, default: their column)."""
     from .logprob import apply_transform, gold_answer_split
 
-    split = gold_answer_split(model, tokenizer, [make_prompt(q) for q in samples["question"]], samples["completion"],
-                              samples["gold"], batch_size)
+    tag_style = _samples_style(samples, tag_style)
+    split = gold_answer_split(model, tokenizer, [make_prompt(q, tag_style=tag_style) for q in samples["question"]],
+                              samples["completion"], samples["gold"], batch_size)
     for name in transforms:
         samples[f"logprob_{name}"] = [apply_transform(name, x) for x, _ in split]
     samples["answer_logprob"] = [float(sum(x[:k])) for x, k in split]  # the gold answer's own tokens, no tag
@@ -218,8 +230,8 @@ def reward_auroc(samples, transforms: Sequence[str] = ("sum", "mean")) -> dict:
     return out
 
 
-def trace_probe(model, tokenizer, question: str, completion: str, gold: str, *, answer_only: bool = False
-                ) -> list[tuple[int, float]]:
+def trace_probe(model, tokenizer, question: str, completion: str, gold: str, *, answer_only: bool = False,
+                tag_style: str = "reasoning") -> list[tuple[int, float]]:
     """log P(gold | prompt, first k lines of the reasoning) for k = 0..K: where does the answer become likely?
     With `answer_only`, over the gold answer's own tokens (without the closing tag)."""
     from .data import split_reasoning
@@ -227,26 +239,27 @@ def trace_probe(model, tokenizer, question: str, completion: str, gold: str, *, 
 
     reasoning, _ = split_reasoning(completion)
     lines = reasoning.split("\n")
-    p = prompt_text(tokenizer, make_prompt(question))
+    p = prompt_text(tokenizer, make_prompt(question, tag_style=tag_style))
     prefixes = ["\n".join(lines[:k]) + ("\n" if k else "") for k in range(len(lines) + 1)]
     split = gold_answer_split(model, tokenizer, [p] * len(prefixes), prefixes, [gold] * len(prefixes))
     return [(k, float(sum(x[:n] if answer_only else x))) for k, (x, n) in enumerate(split)]
 
 
-def best_of_n(model, tokenizer, samples, batch_size: int = 8) -> dict:
+def best_of_n(model, tokenizer, samples, batch_size: int = 8, tag_style: str | None = None) -> dict:
     """Accuracy when picking one of N samples by: the first sample, majority vote over answers, and the
     model's confidence in its *own* answer (mean token log-prob of that answer given its own reasoning)."""
     from collections import Counter
 
     from .logprob import apply_transform, gold_logprobs
 
+    tag_style = _samples_style(samples, tag_style)
     has = samples["own_answer"].map(lambda a: isinstance(a, str) and 0 < len(a) <= 200)
     conf = [float("-inf")] * len(samples)
     idx = [i for i, ok in enumerate(has) if ok]
     if idx:
         sub = samples.iloc[idx]  # the model's own answer scored as if it were the gold one
-        lps = gold_logprobs(model, tokenizer, [make_prompt(q) for q in sub["question"]], sub["completion"],
-                            sub["own_answer"], batch_size)
+        lps = gold_logprobs(model, tokenizer, [make_prompt(q, tag_style=tag_style) for q in sub["question"]],
+                            sub["completion"], sub["own_answer"], batch_size)
         for i, x in zip(idx, lps):
             conf[i] = apply_transform("mean", x)
     samples = samples.assign(confidence=conf)
@@ -272,7 +285,7 @@ def compare_answers(exp, question: str, max_new_tokens: int | None = None):
     without the LoRA, i.e. the pre-SFT base. The `model` column says which one you are looking at."""
     import pandas as pd
 
-    prompts = chat_prompts(exp.tokenizer, [question])
+    prompts = chat_prompts(exp.tokenizer, [question], exp.cfg.tag_style)
     n = max_new_tokens or exp.cfg.eval_max_new_tokens
     merged_sft = exp.backend == "hf" and exp.sft.get("merged")
     start_name = "base + cold-start SFT (merged), adapter off" if merged_sft else "base model (no adapter)"

@@ -53,7 +53,13 @@ class Experiment:
         return data.load_for_run(self.cfg)
 
     def train_dataset(self):
-        return data.grpo_dataset(self.train_rows)
+        return data.grpo_dataset(self.train_rows, tag_style=self.cfg.tag_style)
+
+    def rule_rewards(self) -> dict:
+        """The rule rewards by name (TRL logs rewards/<name>/mean), format rewards in cfg.tag_style's tags."""
+        from .rewards import rule_reward_funcs
+
+        return rule_reward_funcs(self.cfg.tag_style)
 
     def sft_rows(self) -> list[dict]:
         """Cold-start examples: training questions *not* used by GRPO (when there are enough)."""
@@ -184,12 +190,10 @@ class Experiment:
 
 def run_rule_stage(cfg: config_mod.RunConfig, **kw) -> Experiment:
     """Notebook 01 end to end: baseline eval, cold start, GRPO with rule rewards, eval, report."""
-    from .rewards import RULE_REWARD_FUNCS
-
     exp = Experiment(cfg, **kw)
     exp.evaluate("before")
     exp.cold_start()
-    exp.train(list(RULE_REWARD_FUNCS.values()))
+    exp.train(list(exp.rule_rewards().values()))
     exp.evaluate("after")
     exp.report("01")
     return exp
@@ -199,13 +203,12 @@ def run_logprob_stage(cfg: config_mod.RunConfig, transform: str = "mean", scorer
                       **kw) -> Experiment:
     """Notebook 02's training end to end: rule rewards (correctness weight 0, logged only) + the logprob reward."""
     from .logprob import logprob_reward
-    from .rewards import RULE_REWARD_FUNCS
 
     exp = Experiment(cfg, **kw)
     exp.evaluate("before")
     exp.cold_start()
     lp = logprob_reward(exp.model, exp.tokenizer, transform=transform, scorer=scorer)
-    exp.train(list(RULE_REWARD_FUNCS.values()) + [lp], extra_metrics=lp.stats.flush)
+    exp.train(list(exp.rule_rewards().values()) + [lp], extra_metrics=lp.stats.flush)
     exp.evaluate("after")
     exp.report("02")
     return exp

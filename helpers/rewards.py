@@ -1,4 +1,5 @@
-"""Rule-based rewards for the R1-style format `<reasoning>…</reasoning><answer>…</answer>`.
+"""Rule-based rewards for the R1-style format `<reasoning>…</reasoning><answer>…</answer>` (or, with
+tag_style="think", `<think>…</think><answer>…</answer>`: see `rule_reward_funcs`).
 
 Every public reward has TRL's signature `(prompts, completions, **kwargs) -> list[float]`, returns
 one finite float per completion, never raises on any string, and never evaluates model text.
@@ -20,14 +21,14 @@ reach sympy's parser; power towers, huge exponents and division by zero are reje
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 from fractions import Fraction
 from functools import lru_cache
 
-from .data import (ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN, completion_text,
-                   extract_answer, scan_numbers)
+from .data import ANSWER_CLOSE, ANSWER_OPEN, completion_text, extract_answer, reasoning_tags, scan_numbers
 
 logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs every unparsable string
 
@@ -35,8 +36,16 @@ MAX_ANSWER_CHARS = 200  # a GSM8K answer is a number; longer "answers" are wrong
 FORMAT_REWARD = 0.5
 CORRECT_REWARD = 2.0
 
-_STRICT = re.compile(r"\s*<reasoning>\n.*?\n</reasoning>\s*<answer>\n?.*?\n?</answer>\s*", re.DOTALL)
-_SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+
+@lru_cache(maxsize=None)
+def _format_patterns(tag_style: str) -> tuple[re.Pattern, re.Pattern]:
+    """(strict, soft) format patterns of `tag_style` (reasoning block tags; the answer block is the same)."""
+    o, c = (re.escape(t) for t in reasoning_tags(tag_style))
+    a, z = re.escape(ANSWER_OPEN), re.escape(ANSWER_CLOSE)
+    return (re.compile(rf"\s*{o}\n.*?\n{c}\s*{a}\n?.*?\n?{z}\s*", re.DOTALL),
+            re.compile(rf"{o}.*?{c}\s*{a}.*?{z}", re.DOTALL))
+
+
 _INTEGER = re.compile(r"-?\d{1,30}")
 # "18", "-3", "$1,000.00", "18 dollars", "18%": a plain number with an optional currency sign or unit word.
 _PLAIN = re.compile(
@@ -53,32 +62,36 @@ def _texts(completions) -> list[str]:
     return [completion_text(c) for c in completions]
 
 
-def _tag_counts(text: str) -> tuple[int, int, int, int]:
-    return tuple(text.count(t) for t in (REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE))
+def _tag_counts(text: str, tag_style: str = "reasoning") -> tuple[int, int, int, int]:
+    return tuple(text.count(t) for t in (*reasoning_tags(tag_style), ANSWER_OPEN, ANSWER_CLOSE))
 
 
-def strict_format_reward(prompts=None, completions=(), **kwargs) -> list[float]:
+# The three format rewards take `tag_style` ("reasoning": <reasoning>…</reasoning>, "think": <think>…</think>);
+# TRL calls them without it, so a run in another style passes rule_reward_funcs(style) to the trainer.
+def strict_format_reward(prompts=None, completions=(), tag_style: str = "reasoning", **kwargs) -> list[float]:
     """0.5 when the whole completion is exactly one reasoning block then one answer block, else 0."""
+    strict, _ = _format_patterns(tag_style)
     out = []
     for text in _texts(completions):
-        ok = _tag_counts(text) == (1, 1, 1, 1) and _STRICT.fullmatch(text) is not None
+        ok = _tag_counts(text, tag_style) == (1, 1, 1, 1) and strict.fullmatch(text) is not None
         out.append(FORMAT_REWARD if ok else 0.0)
     return out
 
 
-def soft_format_reward(prompts=None, completions=(), **kwargs) -> list[float]:
+def soft_format_reward(prompts=None, completions=(), tag_style: str = "reasoning", **kwargs) -> list[float]:
     """0.5 when a reasoning block is followed by an answer block somewhere in the text, else 0."""
-    return [FORMAT_REWARD if _SOFT.search(t) else 0.0 for t in _texts(completions)]
+    _, soft = _format_patterns(tag_style)
+    return [FORMAT_REWARD if soft.search(t) else 0.0 for t in _texts(completions)]
 
 
-def tag_count_reward(prompts=None, completions=(), **kwargs) -> list[float]:
+def tag_count_reward(prompts=None, completions=(), tag_style: str = "reasoning", **kwargs) -> list[float]:
     """0.125 per tag that appears exactly once, minus 0.001 per character after </answer> (at most 0.5 off).
 
     A dense shaping signal: partial credit while the model is still learning the format.
     """
     out = []
     for text in _texts(completions):
-        score = 0.125 * sum(c == 1 for c in _tag_counts(text))
+        score = 0.125 * sum(c == 1 for c in _tag_counts(text, tag_style))
         end = text.rfind(ANSWER_CLOSE)
         if end >= 0:
             trailing = len(text) - end - len(ANSWER_CLOSE)
@@ -230,12 +243,30 @@ RULE_REWARD_FUNCS = {
     f.__name__: f
     for f in (strict_format_reward, soft_format_reward, tag_count_reward, integer_answer_reward, correctness_reward)
 }
+_STYLED = (strict_format_reward, soft_format_reward, tag_count_reward)
 
 
-def reward_table(completions: list[str], answer: list[str], funcs=None):
+def rule_reward_funcs(tag_style: str = "reasoning") -> dict:
+    """RULE_REWARD_FUNCS for `tag_style`: the same names (TRL logs rewards/<name>/mean, reward_weights use them),
+    with the format rewards bound to that style's reasoning tags."""
+    reasoning_tags(tag_style)  # ConfigError for an unknown style, before training starts
+    if tag_style == "reasoning":
+        return dict(RULE_REWARD_FUNCS)
+
+    def bind(f):
+        @functools.wraps(f)
+        def styled(prompts=None, completions=(), **kwargs):
+            kwargs.pop("tag_style", None)
+            return f(prompts, completions, tag_style=tag_style, **kwargs)
+        return styled
+
+    return {name: bind(f) if f in _STYLED else f for name, f in RULE_REWARD_FUNCS.items()}
+
+
+def reward_table(completions: list[str], answer: list[str], funcs=None, tag_style: str = "reasoning"):
     """DataFrame: one row per completion, one column per reward (for showing rewards on examples)."""
     import pandas as pd
 
-    funcs = funcs or RULE_REWARD_FUNCS
+    funcs = funcs or rule_reward_funcs(tag_style)
     cols = {name: f(prompts=None, completions=completions, answer=answer) for name, f in funcs.items()}
     return pd.DataFrame({"completion": completions, "gold": answer, **cols})

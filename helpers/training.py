@@ -416,8 +416,8 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
 
         from .data import format_solution, sft_dataset
 
-        completion_fn = completion_fn or (lambda r: format_solution(r["answer"]))
-        dataset_fn = dataset_fn or sft_dataset
+        completion_fn = completion_fn or (lambda r: format_solution(r["answer"], cfg.tag_style))
+        dataset_fn = dataset_fn or (lambda rs: sft_dataset(rs, tag_style=cfg.tag_style))
         budget = int(cfg.max_completion_length * 0.75)
         short = [r for r in sft_rows
                  if len(tokenizer(completion_fn(r), add_special_tokens=False)["input_ids"]) <= budget]

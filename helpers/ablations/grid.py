@@ -29,7 +29,7 @@ LOGPROB_OPTIONS: dict[str, object] = {
 SHARED_FIELDS = frozenset({
     "preset", "run_name", "project", "model_name", "precision", "load_in_4bit", "backend", "lora_r", "lora_alpha",
     "lora_targets", "dataset_source", "train_size", "eval_size", "eval_max_new_tokens", "sft_steps", "sft_batch",
-    "sft_learning_rate",
+    "sft_learning_rate", "tag_style",
 })
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _FORMAT_REWARDS = tuple(r for r in RULE_REWARDS if r != "correctness_reward")

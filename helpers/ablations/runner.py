@@ -10,7 +10,6 @@ from .. import evaluation, pipeline, runtime, training
 from ..config import RunConfig
 from ..dynamics import DynamicsCallback, dynamics_pool
 from ..logprob import logprob_reward
-from ..rewards import RULE_REWARD_FUNCS
 from .grid import EFFECTIVE_NOTES, coinciding_variants, validate_variants, variant_config
 from .sft_term import sft_term_trainer_class
 from .table import aggregate
@@ -138,12 +137,12 @@ def _run_variant(cfg: RunConfig, variant: dict, *, backend: str, load_model: Cal
     _, start_df = start_eval(exp, grid_dir)
     callbacks = []
     if start_df is not None and dynamics_pool_size > 0:
-        pool = dynamics_pool(exp.tokenizer, start_df, exp.test_rows, n=dynamics_pool_size)
+        pool = dynamics_pool(exp.tokenizer, start_df, exp.test_rows, n=dynamics_pool_size, tag_style=cfg.tag_style)
         callbacks.append(DynamicsCallback(exp.run_dir / "dynamics.csv", exp.tokenizer, pool))
     lp = logprob_reward(exp.model, exp.tokenizer, transform=variant["transform"], scorer=variant["scorer"],
                         floor=variant["floor"])
     trainer_cls = sft_term_trainer_class(variant["sft_weight"]) if variant["sft_weight"] > 0 else None
-    exp.train(list(RULE_REWARD_FUNCS.values()) + [lp], extra_metrics=lp.stats.flush, trainer_cls=trainer_cls,
+    exp.train(list(exp.rule_rewards().values()) + [lp], extra_metrics=lp.stats.flush, trainer_cls=trainer_cls,
               extra_callbacks=callbacks)
     after, _ = exp.evaluate("after")
     results = {"variant": variant, "eval": after, "sft": exp.sft,
