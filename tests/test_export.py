@@ -87,6 +87,8 @@ def test_export_merged_equals_base_plus_lora(smoke_run):
             base_diff = (policy(**enc).logits - b).abs().max().item()
     print(f"\nmax |logit diff| merged vs base+LoRA: {diff:.2e} (adapter on vs off: {base_diff:.2e})")
     print("new tokens:", ga[0, enc["input_ids"].shape[1]:].tolist())
-    assert diff < 1e-4
+    # fp32 rounding: merging W + BA once vs adding BA's output at every layer differs by ~1e-4 on logits of ~20;
+    # the adapter itself moves them by ~1 (base_diff). Measured 2026-11-30: 1.18e-04 vs 2.75e+00.
+    assert diff < 5e-4 and diff < 1e-3 * base_diff
     assert ga.shape[1] - enc["input_ids"].shape[1] >= 1
     assert torch.equal(ga, gb)
