@@ -67,21 +67,29 @@ def target_token_stats(model, encoded: Sequence[tuple[list[int], int]], *, pad_i
     return out
 
 
-def dynamics_stats(model, tokenizer, pool: Sequence[dict], *, batch_size: int = 4) -> dict[str, float]:
-    """Per pool kind: mean log-likelihood of a target (nats), token perplexity and mean token entropy."""
+def kind_stats(model, tokenizer, pool: Sequence[dict], *, batch_size: int = 4) -> dict[str, dict[str, float]]:
+    """Per pool kind (in first-seen order): mean log-likelihood of a target (`loglik`, nats, summed over its
+    tokens), token perplexity (`ppl`, exp of minus the mean over all the kind's tokens), mean token entropy
+    (`entropy`) and mean target length in tokens (`tokens`)."""
     from .logprob import encode_pair
 
     encoded = [encode_pair(tokenizer, it["context"], it["target"]) for it in pool]
     stats = target_token_stats(model, encoded, pad_id=tokenizer.pad_token_id or 0, batch_size=batch_size)
-    row: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {}
     for kind in dict.fromkeys(it["kind"] for it in pool):
         mine = [st for it, st in zip(pool, stats) if it["kind"] == kind]
         lps = [x for lp, _ in mine for x in lp]
         ents = [x for _, e in mine for x in e]
-        row[f"{kind}/loglik"] = sum(sum(lp) for lp, _ in mine) / len(mine)
-        row[f"{kind}/ppl"] = math.exp(-sum(lps) / len(lps))
-        row[f"{kind}/entropy"] = sum(ents) / len(ents)
-    return row
+        out[kind] = {"loglik": sum(sum(lp) for lp, _ in mine) / len(mine), "ppl": math.exp(-sum(lps) / len(lps)),
+                     "entropy": sum(ents) / len(ents), "tokens": len(lps) / len(mine)}
+    return out
+
+
+def dynamics_stats(model, tokenizer, pool: Sequence[dict], *, batch_size: int = 4) -> dict[str, float]:
+    """Per pool kind: mean log-likelihood of a target (nats), token perplexity and mean token entropy
+    (`kind_stats`, flattened to "kind/loglik", "kind/ppl", "kind/entropy")."""
+    return {f"{kind}/{name}": st[name] for kind, st in kind_stats(model, tokenizer, pool, batch_size=batch_size).items()
+            for name in ("loglik", "ppl", "entropy")}
 
 
 def DynamicsCallback(path: str | Path, tokenizer, pool: Sequence[dict], batch_size: int = 4):  # noqa: N802

@@ -137,9 +137,13 @@ def summarize(df, label: str = "") -> dict:
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
-    """Unbiased pass@k estimator (Chen et al. 2021) for one question."""
+    """Unbiased pass@k estimator (Chen et al. 2021) for one question: 1 - C(n-c, k) / C(n, k), the chance that
+    k of the n samples drawn without replacement hold at least one correct one. ValueError unless
+    0 <= c <= n and 1 <= k <= n (pass@k of more samples than were drawn is not estimable)."""
     from math import comb
 
+    if not (0 <= num_correct <= num_samples and 1 <= k <= num_samples):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={num_samples}, c={num_correct}, k={k}")
     if num_samples - num_correct < k:
         return 1.0
     return 1.0 - comb(num_samples - num_correct, k) / comb(num_samples, k)
@@ -199,7 +203,7 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def _samples_style(samples, tag_style: str | None) -> str:
+def samples_style(samples, tag_style: str | None = None) -> str:
     """The tag style the samples were generated with: given, else sample_groups' column, else "reasoning"."""
     if tag_style is not None:
         return tag_style
@@ -212,7 +216,7 @@ def add_logprob_scores(model, tokenizer, samples, transforms: Sequence[str] = ("
     The samples are scored after the prompt they were generated from (`tag_style`, default: their column)."""
     from .logprob import apply_transform, gold_answer_split
 
-    tag_style = _samples_style(samples, tag_style)
+    tag_style = samples_style(samples, tag_style)
     split = gold_answer_split(model, tokenizer, [make_prompt(q, tag_style=tag_style) for q in samples["question"]],
                               samples["completion"], samples["gold"], batch_size)
     for name in transforms:
@@ -250,19 +254,10 @@ def best_of_n(model, tokenizer, samples, batch_size: int = 8, tag_style: str | N
     model's confidence in its *own* answer (mean token log-prob of that answer given its own reasoning)."""
     from collections import Counter
 
-    from .logprob import apply_transform, gold_logprobs
+    from .rerank import own_answer_scores
 
-    tag_style = _samples_style(samples, tag_style)
-    has = samples["own_answer"].map(lambda a: isinstance(a, str) and 0 < len(a) <= 200)
-    conf = [float("-inf")] * len(samples)
-    idx = [i for i, ok in enumerate(has) if ok]
-    if idx:
-        sub = samples.iloc[idx]  # the model's own answer scored as if it were the gold one
-        lps = gold_logprobs(model, tokenizer, [make_prompt(q, tag_style=tag_style) for q in sub["question"]],
-                            sub["completion"], sub["own_answer"], batch_size)
-        for i, x in zip(idx, lps):
-            conf[i] = apply_transform("mean", x)
-    samples = samples.assign(confidence=conf)
+    samples = samples.assign(confidence=own_answer_scores(model, tokenizer, samples, tag_style, transform="mean",
+                                                          batch_size=batch_size))
     picks = {"first sample": [], "majority vote": [], "own-answer confidence": []}
     for _, g in samples.groupby("q"):
         picks["first sample"].append(bool(g.iloc[0]["strict_correct"]))

@@ -8,3 +8,24 @@ def smol():
 
     cfg = config.preset("smoke")
     return training.load_model(cfg, "hf")
+
+
+class CharTokenizer:
+    """A tokenizer without a model: one token per character, ids = code points, offsets exact. Enough for
+    encode_pair, prompt_text and the step/pool bookkeeping in fast tests."""
+    bos_token_id = eos_token_id = pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        enc = {"input_ids": [ord(ch) for ch in text]}
+        if return_offsets_mapping:
+            enc["offset_mapping"] = [(i, i + 1) for i in range(len(text))]
+        return enc
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + ("<assistant>" if add_generation_prompt else "")
+
+
+@pytest.fixture
+def char_tok():
+    """A CharTokenizer (see its docstring)."""
+    return CharTokenizer()
