@@ -67,6 +67,8 @@ class RunConfig:
     dataset_source: str = "auto"  # auto (hub on Colab, bundled elsewhere) | hub | bundled
     train_size: int | None = None  # None = every training question available
     eval_size: int = 50  # GSM8K test questions used for before/after evaluation
+    probe_size: int = 100  # held-out probe (helpers/probe.py): GSM8K test rows 1000.. scored after the cold start,
+    # at checkpoints and after GRPO, to measure what GRPO itself changed (0 = off)
     tag_style: str = "reasoning"  # the reasoning block's tags: "reasoning" = <reasoning>…</reasoning>, "think" =
     # <think>…</think> (DeepSeek-R1 style). Prompts, format rewards, cold start and evaluation follow it; the answer
     # block is <answer>…</answer> in both, so the logprob reward's target is the same. GSM8K notebooks (01-03, 05).
@@ -156,7 +158,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         max_steps=2, num_generations=2, per_device_batch=2, max_prompt_length=192,
         max_completion_length=16, train_size=16, eval_size=4, eval_max_new_tokens=16,
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
-        learning_rate=5e-5, temperature=1.0,
+        learning_rate=5e-5, temperature=1.0, probe_size=4,
     ),
     # A real short run on a 2-core laptop with SmolLM2-135M: notebook 01 (40 SFT + 30 GRPO steps, both evaluations)
     # took 13.0 min wall on an idle 2-core CPU (scripts/run-notebook.sh, measured 2026-11-25; 16-19 min on a busier
@@ -173,7 +175,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         model_name="Qwen/Qwen2.5-1.5B-Instruct", precision="auto", load_in_4bit=True, requires_gpu=True,
         gpu_memory_utilization=0.5, max_steps=500, num_generations=8, per_device_batch=8,
         max_prompt_length=256, max_completion_length=512, eval_size=200, eval_max_new_tokens=512,
-        eval_batch_size=64, save_steps=50, lora_r=16, lora_alpha=16, learning_rate=5e-6,
+        eval_batch_size=64, save_steps=50, lora_r=16, lora_alpha=16, learning_rate=5e-6, probe_size=200,
     ),
     # Colab A100 (40/80 GB, bf16): Qwen2.5-3B in 16 bit.
     "a100": dict(
@@ -239,6 +241,9 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
             f"Fix: make per_device_batch a multiple of {cfg.num_generations} "
             f"(e.g. per_device_batch={cfg.num_generations}), or pick num_generations from {valid}."
         )
+    if not 0 <= cfg.probe_size <= 300:
+        raise ConfigError(f"probe_size={cfg.probe_size}: 0 (off) to 300 (the bundled test split has 1319 rows and "
+                          "the probe starts at row 1000).")
     for name in ("max_steps", "per_device_batch", "grad_accum", "max_prompt_length", "max_completion_length",
                  "eval_size", "eval_max_new_tokens", "eval_batch_size", "save_steps", "logging_steps"):
         if getattr(cfg, name) < 1:

@@ -7,6 +7,10 @@
     after = exp.evaluate("after")
     exp.report()                          # eval table, curves and bars, saved next to the run
 
+The held-out probe (helpers/probe.py) measures what GRPO itself changed: `exp.probe("start")` after the cold start,
+`exp.train(..., extra_callbacks=exp.probe_callbacks())` at each checkpoint, `exp.probe("end")`, then
+`exp.probe_changes()` (after GRPO minus after cold start, paired bootstrap intervals) and `exp.probe_history()`.
+
 A notebook calls these one cell at a time with the lesson in between; `run_rule_stage` calls them
 in a row (used by notebook 02 when notebook 01's results are missing).
 """
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import config as config_mod
-from . import data, evaluation, plots, runtime, selfcheck, training
+from . import data, evaluation, plots, probe, runtime, selfcheck, training
 
 
 class Experiment:
@@ -46,6 +50,7 @@ class Experiment:
         self.sft: dict = {}
         self.sft_dir: Path | None = None
         self._adapters_checked: set[str] = set()
+        self.probes: dict[str, object] = {}
 
     # Task hooks: GSM8K here; helpers.writing.WritingExperiment overrides them for stories.
     def load_rows(self):
@@ -138,11 +143,56 @@ class Experiment:
             for stale in self.run_dir.glob("eval_samples_*.csv"):
                 if stale.stem.removeprefix("eval_samples_") not in self.pre_training_labels:
                     stale.unlink()
+            for stale in (self.run_dir / "probe_end.csv", self.run_dir / "probe_changes.csv"):
+                stale.unlink(missing_ok=True)
         self.result = training.train_grpo(
             self.cfg, self.model, self.tokenizer, reward_funcs, self.train_dataset(), self.run_dir,
             backend=self.backend, extra_metrics=extra_metrics, trainer_cls=trainer_cls,
             extra_callbacks=extra_callbacks)
         return self.result
+
+    # ---------------------------------------------------------------------------------
+    # The held-out probe: GRPO's own effect, from the after-cold-start policy (helpers/probe.py)
+    def probe_rows(self) -> list[dict]:
+        return probe.probe_rows(self.cfg, self.cfg.probe_size)
+
+    def probe(self, label: str):
+        """The probe of the current policy (per-question DataFrame), cached as probe_<label>.csv: "start" after the
+        cold start (before GRPO), "end" after GRPO. None when cfg.probe_size is 0 or off the main process."""
+        if not self.cfg.probe_size or not self.is_main:
+            return None
+        lora = self.adapter_dir if self.backend == "unsloth" else None
+        if label != "start":
+            self.check_adapter(lora)
+        df = probe.cached(self.run_dir / f"probe_{label}.csv", lambda: probe.run(
+            self.model, self.tokenizer, self.probe_rows(), self.cfg, backend=self.backend, lora_path=lora,
+            label=f"probe {label}"))
+        self.probes[label] = df
+        print(f"[probe] {label}: {len(df)} held-out questions: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in probe.summary(df).items()))
+        return df
+
+    def probe_callbacks(self) -> list:
+        """[ProbeCallback] running the probe at each checkpoint save (hf backend; on Unsloth vLLM generates from
+        saved adapters, so only the start and end probes run). Pass as train(..., extra_callbacks=...)."""
+        if not self.cfg.probe_size or self.backend != "hf":
+            return []
+        return [probe.ProbeCallback(self.run_dir / "probe.csv", self.tokenizer, self.probe_rows(), self.cfg,
+                                    samples_dir=self.run_dir / "probe_steps")]
+
+    def probe_changes(self):
+        """After GRPO minus after cold start, per probe metric, with the paired bootstrap 95 % interval and a
+        verdict ("up", "down", "within noise"); saved as probe_changes.csv."""
+        if "start" not in self.probes or "end" not in self.probes:
+            raise RuntimeError("Run exp.probe('start') after the cold start and exp.probe('end') after GRPO first.")
+        table = probe.changes(self.probes["end"], self.probes["start"], names=("after cold start", "after GRPO"))
+        if self.is_main:
+            runtime.atomic_write_csv(self.run_dir / "probe_changes.csv", table)
+        return table
+
+    def probe_history(self):
+        """Probe metric means against GRPO step: the start probe at step 0, each checkpoint, the end probe."""
+        return probe.history(self.run_dir)
 
     # ---------------------------------------------------------------------------------
     @property

@@ -190,6 +190,36 @@ def trace_probe(curves: dict[str, Sequence[tuple[int, float]]], label: str, save
     return fig
 
 
+PROBE_PANELS = {"format_rate": "strict format rate (greedy)", "strict_accuracy": "strict accuracy (greedy)",
+                "gold_answer_logprob": "log P(gold answer | own reasoning)"}
+
+
+def probe_curves(histories: dict[str, object], label: str, save_to: Sequence[str | Path] = (),
+                 changes: dict[str, object] | None = None):
+    """The held-out probe against GRPO step (step 0 = after the cold start), one panel per metric, runs overlaid.
+    `histories` maps a run name to Experiment.probe_history(); `changes` (optional) maps it to probe_changes(),
+    whose after-minus-start difference and 95 % interval are written into each panel's legend."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(PROBE_PANELS), figsize=(4.4 * len(PROBE_PANELS), 3.2), squeeze=False)
+    for ax, (metric, title) in zip(axes.flat, PROBE_PANELS.items()):
+        for name, hist in histories.items():
+            if metric not in hist:
+                continue
+            legend = name
+            if changes and name in changes:
+                row = changes[name].set_index("metric").loc[metric]
+                legend += f": {row['delta']:+.3f} [{row['ci95_lo']:+.3f}, {row['ci95_hi']:+.3f}]"
+            ax.plot(hist["step"], hist[metric], marker="o", ms=4, label=legend)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("GRPO step (0 = after cold start)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(label + " · held-out probe", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, save_to)
+    return fig
+
+
 def writing_bars(table, label: str, save_to: Sequence[str | Path] = ()):
     """Notebook 04's evaluation: the reference's perplexity given no plan / the model's own plan / the
     author's plan (lower = the plan helps more), then plan length and the stories' distinct-2, per model."""
