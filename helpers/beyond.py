@@ -39,11 +39,15 @@ RUN_NAME = "05_beyond"
 RULE_RUN, LOGPROB_RUN = "01_rule_based", "02_logprob"
 # Per-preset values of notebook 05's knobs (RunConfig fields, validated by config.validate). They live here, as the
 # writing task's WRITING_OVERRIDES do, so notebooks 01-04 keep the RunConfig defaults.
-# Time: smoke is sized for CI (nbmake, <= 2 min target on an idle 2-core CPU). cpu is an ESTIMATE, not measured: the
-# smoke timings of each part scaled by tokens generated / SFT steps (see README, notebook 05), about 40 min on 2 cores
-# on top of notebooks 01/02's runs when those exist (+~45 min when part 1 has to train them). t4/a100: estimates only.
+# Time: smoke is sized for CI (nbmake; target <= 2 min on an idle 2-core CPU). cpu is an ESTIMATE, not measured, built
+# from the measured cpu runs of notebooks 01/02 (README: a 30-question greedy evaluation at 160 tokens ~2 min, 40 SFT
+# steps ~2 min): 5 probes of 60 questions (~15 min), part 3's 30 x 4 samples (~5 min) and scores (~1 min), the cold
+# start and four short SFT runs with dynamics (~6 min), part 4's 60 examples (~3 min): about 35-40 min on 2 cores when
+# notebooks 01/02's runs (with their probes) exist; about 80 min more when part 1 must train them and probe them.
+# t4/a100: estimates only (see the notebook's header).
 BEYOND_OVERRIDES = {
-    "smoke": dict(llh_pool_size=8, llh_subset_size=2, llh_dynamics_n=1, llh_dynamics_every=1, rerank_samples=2,
+    # smoke: subsets of 4 = 2 SFT steps of 2, because the first step of a warmed-up schedule has learning rate 0
+    "smoke": dict(llh_pool_size=8, llh_subset_size=4, llh_dynamics_n=1, llh_dynamics_every=1, rerank_samples=2,
                   rerank_questions=2, error_set_rows=2),
     "cpu": dict(llh_pool_size=120, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
                 rerank_questions=30, error_set_rows=30, probe_size=60),
@@ -168,6 +172,13 @@ def localisation_table(examples: Sequence[dict], scores: Sequence[dict]):
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
+
+
+def load_step_scores(path: str | Path) -> list[dict]:
+    """Part 4's saved per-step scores: JSON writes a NaN step score as null; it is read back as NaN (a step
+    `steps.predict_first_wrong` ignores), while a whole score that could not be computed stays None."""
+    return [{name: None if v is None else [float("nan") if x is None else float(x) for x in v]
+             for name, v in row.items()} for row in read_json(path)]
 
 
 class BeyondExperiment(pipeline.Experiment):
@@ -408,13 +419,11 @@ class BeyondExperiment(pipeline.Experiment):
             rows = probe.probe_rows(self.cfg, 319)
             examples = steps.build_error_set(rows, self.cfg.error_set_rows, seed=self.cfg.seed)
             runtime.atomic_write_json(out / "error_set.json", examples)
-        if (out / "scores.json").exists():
-            scores = read_json(out / "scores.json")
-        else:
+        if not (out / "scores.json").exists():
             self.use_adapter(self.sft_model())
-            scores = steps.per_step_scores(self.model, self.tokenizer, examples, tag_style=self.cfg.tag_style,
-                                           batch_size=self.cfg.eval_batch_size)
-            runtime.atomic_write_json(out / "scores.json", scores)
+            runtime.atomic_write_json(out / "scores.json", steps.per_step_scores(
+                self.model, self.tokenizer, examples, tag_style=self.cfg.tag_style, batch_size=self.cfg.eval_batch_size))
+        scores = load_step_scores(out / "scores.json")
         preds = pd.DataFrame([{"id": e["id"], "variant": e["variant"], "num_steps": e["num_steps"],
                                "first_wrong": e["first_wrong"],
                                **{f"pred_{n}": steps.predict_first_wrong(s[n]) for n in steps.SCORE_NAMES}}
@@ -428,7 +437,7 @@ class BeyondExperiment(pipeline.Experiment):
     def error_examples(self, k: int = 3, score: str = "implicit", *, as_html: bool = False) -> list[str]:
         """The first `k` part-4 examples rendered with the true and the `score`-predicted first wrong step."""
         out = self.run_dir / "first_error"
-        examples, scores = read_json(out / "error_set.json"), read_json(out / "scores.json")
+        examples, scores = read_json(out / "error_set.json"), load_step_scores(out / "scores.json")
         shown = []
         for e, s in list(zip(examples, scores))[:k]:
             body = steps.render_steps(e["steps"], steps.predict_first_wrong(s[score]), e["first_wrong"],
@@ -453,7 +462,7 @@ class BeyondExperiment(pipeline.Experiment):
     # Figures (saved in the run directory, and in figures/ when figures_dir is set)
     @property
     def label(self) -> str:
-        return plots.run_label(self.cfg.model_name, f"{self.cfg.sft_steps} SFT (start) + {self.cfg.max_steps}")
+        return plots.run_label(self.cfg.model_name, f"cold start {self.cfg.sft_steps} + budget {self.cfg.max_steps}")
 
     def plot_arms(self, table, name: str, title: str, metrics=("strict_accuracy", "format_rate",
                                                                "gold_answer_logprob")):

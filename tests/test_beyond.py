@@ -25,7 +25,8 @@ def test_beyond_presets_are_valid_and_other_notebooks_keep_the_defaults(name):
 def test_smoke_values_are_tiny():
     cfg = beyond.beyond_config("smoke")
     assert cfg.rerank_samples == 2 and cfg.rerank_questions <= cfg.probe_size <= 4
-    assert cfg.llh_subset_size == cfg.sft_batch and cfg.error_set_rows <= 2 and cfg.llh_pool_size <= 8
+    assert cfg.llh_subset_size == 2 * cfg.sft_batch  # 2 steps: the first has lr 0 (warmup)
+    assert cfg.error_set_rows <= 2 and cfg.llh_pool_size <= 8
 
 
 @pytest.mark.parametrize("changes,pattern", [
@@ -206,3 +207,13 @@ def test_cli_passes_the_config_and_run_names_to_the_part(monkeypatch, tmp_path):
                      "--set", "rule_run=r1", "--overwrite"]) == 0
     assert seen["part"] == "rerank" and seen["cfg"].run_name == "mine" and seen["cfg"].rerank_samples == 3
     assert seen["rule_run"] == "r1" and seen["overwrite"] is True and seen["backend"] == "hf"
+
+
+def test_step_scores_survive_the_json_round_trip(tmp_path):
+    from helpers.runtime import atomic_write_json
+
+    path = tmp_path / "scores.json"
+    atomic_write_json(path, [{"implicit": [0.0, float("nan"), -2.0], "logprob_drop": None, "trace": [1, 2, 3]}])
+    (row,) = beyond.load_step_scores(path)
+    assert row["logprob_drop"] is None and row["trace"] == [1.0, 2.0, 3.0]
+    assert beyond.steps.predict_first_wrong(row["implicit"]) == 2
