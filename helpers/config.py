@@ -104,6 +104,16 @@ class RunConfig:
     # --- writing task (notebook 04) --------------------------------------------------------
     max_plan_tokens: int = 64  # the writing reward reads at most this many plan tokens (longer plans are cut)
     max_target_tokens: int = 160  # reference continuations are trimmed to whole sentences within this budget
+    # --- notebook 05 (likelihood beyond the reward; the per-preset values are helpers/beyond.py BEYOND_OVERRIDES,
+    # so notebooks 01-04 keep these defaults and their saved runs stay comparable) ---------------------------
+    llh_pool_size: int = 200  # part 2: GSM8K train solutions scored by the base model's mean token log-likelihood
+    llh_subset_size: int = 32  # part 2: rows in each of the high / low / random-likelihood SFT subsets
+    llh_dynamics_n: int = 8  # part 2: items per type in the typed dynamics pool
+    llh_dynamics_every: int = 2  # part 2: SFT steps between two dynamics records (plus step 0 and the last step)
+    rerank_samples: int = 8  # part 3: N sampled completions per held-out probe question
+    rerank_questions: int = 50  # part 3: the first this many probe questions are sampled (<= probe_size, checked by
+    # beyond.beyond_config: notebooks 01-04 may turn the probe off)
+    error_set_rows: int = 50  # part 4: reference solutions made wrong at one step (2 variants each)
     # --- bookkeeping ----------------------------------------------------------------------
     logging_steps: int = 1
     save_steps: int = 25
@@ -248,6 +258,7 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
                  "eval_size", "eval_max_new_tokens", "eval_batch_size", "save_steps", "logging_steps"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1.")
+    validate_beyond(cfg)
     if cfg.max_plan_tokens < 1 or cfg.max_target_tokens < 1:
         raise ConfigError(f"max_plan_tokens={cfg.max_plan_tokens} and max_target_tokens={cfg.max_target_tokens} "
                           "must be at least 1.")
@@ -322,3 +333,31 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
             "GPU. Elsewhere use preset 'cpu' (or 'smoke'), e.g. GRPO_PRESET=cpu."
         )
     return cfg
+
+
+BEYOND_FIELDS = ("llh_pool_size", "llh_subset_size", "llh_dynamics_n", "llh_dynamics_every", "rerank_samples",
+                 "rerank_questions", "error_set_rows")  # the knobs only notebook 05 reads
+
+
+def validate_beyond(cfg: RunConfig) -> None:
+    """Notebook 05's knobs (called by `validate`): ConfigError naming the field and the fix."""
+    for name in BEYOND_FIELDS:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name}={value!r} must be a whole number of at least 1.")
+    if cfg.llh_subset_size % cfg.sft_batch:
+        raise ConfigError(f"llh_subset_size={cfg.llh_subset_size} is not a multiple of sft_batch={cfg.sft_batch}: each "
+                          "likelihood-selected SFT run goes over its subset once, sft_batch rows a step. Pick a "
+                          f"multiple, e.g. llh_subset_size={max(1, cfg.llh_subset_size // cfg.sft_batch) * cfg.sft_batch}.")
+    if 2 * cfg.llh_subset_size > cfg.llh_pool_size:
+        raise ConfigError(f"llh_subset_size={cfg.llh_subset_size} needs a pool of at least twice that (high and low "
+                          f"are disjoint); llh_pool_size={cfg.llh_pool_size}. Raise llh_pool_size or lower the subset.")
+    if cfg.llh_pool_size > 1000:
+        raise ConfigError(f"llh_pool_size={cfg.llh_pool_size}: at most 1000 (the pool is the tail of the bundled "
+                          "2,000 training problems, away from the GRPO and cold-start rows).")
+    if cfg.rerank_samples < 2:
+        raise ConfigError(f"rerank_samples={cfg.rerank_samples}: reranking picks one of N samples, so N must be 2 or "
+                          "more.")
+    if cfg.error_set_rows > 150:
+        raise ConfigError(f"error_set_rows={cfg.error_set_rows}: at most 150 (the set comes from the 319 held-out test "
+                          "rows after the probe offset, some of which have a single step).")

@@ -85,16 +85,33 @@ def kind_stats(model, tokenizer, pool: Sequence[dict], *, batch_size: int = 4) -
     return out
 
 
-def dynamics_stats(model, tokenizer, pool: Sequence[dict], *, batch_size: int = 4) -> dict[str, float]:
+STAT_NAMES = ("loglik", "ppl", "entropy")
+
+
+def dynamics_stats(model, tokenizer, pool: Sequence[dict], *, batch_size: int = 4,
+                   names: Sequence[str] = STAT_NAMES) -> dict[str, float]:
     """Per pool kind: mean log-likelihood of a target (nats), token perplexity and mean token entropy
-    (`kind_stats`, flattened to "kind/loglik", "kind/ppl", "kind/entropy")."""
+    (`kind_stats`, flattened to "kind/loglik", "kind/ppl", "kind/entropy"; `names` may add "tokens")."""
     return {f"{kind}/{name}": st[name] for kind, st in kind_stats(model, tokenizer, pool, batch_size=batch_size).items()
-            for name in ("loglik", "ppl", "entropy")}
+            for name in names}
 
 
-def DynamicsCallback(path: str | Path, tokenizer, pool: Sequence[dict], batch_size: int = 4):  # noqa: N802
+def unflatten(row: dict) -> dict[str, dict[str, float]]:
+    """A dynamics CSV row ({"kind/stat": value, "step": ..., "seconds": ...}) as {kind: {stat: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in row.items():
+        if "/" in key:
+            kind, name = key.rsplit("/", 1)
+            out.setdefault(kind, {})[name] = float(value)
+    return out
+
+
+def DynamicsCallback(path: str | Path, tokenizer, pool: Sequence[dict], batch_size: int = 4,  # noqa: N802
+                     *, every: int | None = None, names: Sequence[str] = STAT_NAMES):
     """A TrainerCallback writing dynamics_stats of the pool to `path` (one row per step) at the start of
-    training and after every checkpoint save. Main process only; resumed runs drop rows past the checkpoint."""
+    training and after every checkpoint save, or, with `every`, every `every` optimizer steps and at the last
+    step (trainers that save no checkpoints: notebook 05's SFT runs). Main process only; resumed runs drop rows
+    past the checkpoint."""
     from transformers import TrainerCallback
 
     class _Dynamics(TrainerCallback):
@@ -110,14 +127,20 @@ def DynamicsCallback(path: str | Path, tokenizer, pool: Sequence[dict], batch_si
                 self._record(0, model)
 
         def on_save(self, args, state, control, model=None, **kwargs):
-            if state.is_world_process_zero and self.csv is not None:
+            if not every and state.is_world_process_zero and self.csv is not None:
                 self._record(state.global_step, model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            if every and state.is_world_process_zero and self.csv is not None and (
+                    step % every == 0 or step == state.max_steps):
+                self._record(step, model)
 
         def _record(self, step: int, model) -> None:
             if model is None or any(hasattr(p, "ds_id") for p in model.parameters()):
                 return  # ZeRO-3 shards the weights: one process alone cannot run the model
             t0 = time.time()
-            row = {"step": step, **dynamics_stats(model, tokenizer, pool, batch_size=batch_size)}
+            row = {"step": step, **dynamics_stats(model, tokenizer, pool, batch_size=batch_size, names=names)}
             self.csv.append(row | {"seconds": round(time.time() - t0, 2)})
 
     return _Dynamics()

@@ -238,30 +238,41 @@ class Experiment:
         return runtime.saved_files(self.run_dir) if self.is_main else []
 
 
-def run_rule_stage(cfg: config_mod.RunConfig, **kw) -> Experiment:
-    """Notebook 01 end to end: baseline eval, cold start, GRPO with rule rewards, eval, report."""
-    exp = Experiment(cfg, **kw)
+def run_stage(exp: Experiment, make_rewards: Callable[[Experiment], tuple], prefix: str, *,
+              probes: bool = False) -> Experiment:
+    """The stage body of notebooks 01/02: baseline eval, cold start, GRPO, eval, report. `make_rewards(exp)` returns
+    (reward functions, extra_metrics or None), built after the cold start (which replaces exp.model on hf).
+    `probes=True` adds the held-out probe after the cold start, at the checkpoints and after GRPO, as the notebooks
+    do (each cached in the run directory)."""
     exp.evaluate("before")
     exp.cold_start()
-    exp.train(list(exp.rule_rewards().values()))
+    reward_funcs, extra_metrics = make_rewards(exp)
+    if probes:
+        exp.probe("start")
+    exp.train(reward_funcs, extra_metrics=extra_metrics, extra_callbacks=exp.probe_callbacks() if probes else ())
     exp.evaluate("after")
-    exp.report("01")
+    exp.report(prefix)
+    if probes:
+        exp.probe("end")
     return exp
 
 
-def run_logprob_stage(cfg: config_mod.RunConfig, transform: str = "mean", scorer: str = "policy",
-                      **kw) -> Experiment:
+def run_rule_stage(cfg: config_mod.RunConfig, *, probes: bool = False, **kw) -> Experiment:
+    """Notebook 01 end to end: baseline eval, cold start, GRPO with rule rewards, eval, report."""
+    return run_stage(Experiment(cfg, **kw), lambda exp: (list(exp.rule_rewards().values()), None), "01",
+                     probes=probes)
+
+
+def run_logprob_stage(cfg: config_mod.RunConfig, transform: str = "mean", scorer: str = "policy", *,
+                      probes: bool = False, **kw) -> Experiment:
     """Notebook 02's training end to end: rule rewards (correctness weight 0, logged only) + the logprob reward."""
     from .logprob import logprob_reward
 
-    exp = Experiment(cfg, **kw)
-    exp.evaluate("before")
-    exp.cold_start()
-    lp = logprob_reward(exp.model, exp.tokenizer, transform=transform, scorer=scorer)
-    exp.train(list(exp.rule_rewards().values()) + [lp], extra_metrics=lp.stats.flush)
-    exp.evaluate("after")
-    exp.report("02")
-    return exp
+    def rewards(exp):
+        lp = logprob_reward(exp.model, exp.tokenizer, transform=transform, scorer=scorer)
+        return list(exp.rule_rewards().values()) + [lp], lp.stats.flush
+
+    return run_stage(Experiment(cfg, **kw), rewards, "02", probes=probes)
 
 
 def logprob_weights(transform: str, weight: float = 1.0) -> dict[str, float]:
@@ -271,18 +282,31 @@ def logprob_weights(transform: str, weight: float = 1.0) -> dict[str, float]:
     return {**dict.fromkeys(RULE_REWARDS, 1.0), "correctness_reward": 0.0, f"logprob_{transform}_reward": weight}
 
 
-def baseline_results(cfg: config_mod.RunConfig, run_name: str, backend: str) -> dict:
-    """Notebook 01's finished results; when absent, run that stage now (CPU/hf backend only)."""
+def baseline_results(cfg: config_mod.RunConfig, run_name: str, backend: str, *, stage: str = "rule",
+                     probes: bool = False) -> dict:
+    """Notebook 01's (stage="rule") or 02's (stage="logprob", mean transform) finished results; when absent, or
+    without the probe files and `probes=True`, run that stage now (CPU/hf backend only; cached work is reused)."""
+    if stage not in ("rule", "logprob"):
+        raise ValueError(f"stage must be 'rule' or 'logprob', got {stage!r}")
     found = load_run_results(cfg, run_name)
-    if found is not None:
+    if found is not None and (not probes or all((found["run_dir"] / f"probe_{x}.csv").exists()
+                                                for x in ("start", "end"))):
         return found
+    notebook = "01" if stage == "rule" else "02"
     if backend == "unsloth":
-        raise RuntimeError(f"No finished '{run_name}' run in {runtime.runs_root(cfg.project)}. On GPU, run "
-                           "notebook 01 first (one vLLM engine per session), then re-run this notebook.")
+        missing = "No finished" if found is None else "No held-out probe (probe_start.csv, probe_end.csv) in the"
+        raise RuntimeError(f"{missing} '{run_name}' run in {runtime.runs_root(cfg.project)}. On GPU, run notebook "
+                           f"{notebook} first (one vLLM engine per session), then re-run this notebook.")
     from .config import RULE_REWARDS
 
-    print(f"No finished '{run_name}' run found: running the rule-based baseline now (same preset).")
-    run_rule_stage(cfg.override(run_name=run_name, reward_weights=dict.fromkeys(RULE_REWARDS, 1.0)), backend=backend)
+    print(f"No finished '{run_name}' run{' with its probe' if found else ''} found: running notebook {notebook}'s "
+          "stage now (same preset).")
+    if stage == "rule":
+        run_rule_stage(cfg.override(run_name=run_name, reward_weights=dict.fromkeys(RULE_REWARDS, 1.0)),
+                       backend=backend, probes=probes)
+    else:
+        run_logprob_stage(cfg.override(run_name=run_name, reward_weights=logprob_weights("mean")), backend=backend,
+                          probes=probes)
     return load_run_results(cfg, run_name)
 
 

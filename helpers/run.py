@@ -5,13 +5,15 @@
     python -m helpers.run --stage ablation --preset cpu
     python -m helpers.run --stage writing --preset cpu --set reward=vrcli
     python -m helpers.run --stage export --preset cpu --run-name 01_rule_based   # -> runs/01_rule_based/merged/
+    python -m helpers.run --stage sft_vs_grpo --preset cpu   # notebook 05, part 1 (then llh_select, rerank, first_error)
 
 A run name that already holds a run made with a different configuration stops with the differing fields; pass
 `--overwrite` to delete that run's results and train again (or pick another --run-name).
 
 `--set key=value` overrides any RunConfig field (values parsed as JSON when they parse, else strings);
 `transform` and `scorer` are options of the logprob stage; `reward` (mean | vrcli) of the writing stage. The notebooks and this CLI call the same
-functions in helpers.pipeline.
+functions in helpers.pipeline (notebook 05's four stages: helpers.beyond, run directory 05_beyond; each caches its
+outputs and skips finished work; sft_vs_grpo reuses notebooks 01/02's runs, `--set rule_run=...`/`logprob_run=...`).
 """
 from __future__ import annotations
 
@@ -27,7 +29,12 @@ STAGES = {
     "ablation": "notebook 03: the preset's normalization ablation grid (helpers/ablations/grid.py GRIDS)",
     "writing": "notebook 04: story continuation, plan rewarded by the likelihood of a reference (mean | vrcli)",
     "export": "merge a finished run's LoRA into the base model: <run dir>/merged/ (helpers/export.py)",
+    "sft_vs_grpo": "notebook 05, part 1: SFT on reference solutions vs GRPO (rule, logprob), equal question exposures",
+    "llh_select": "notebook 05, part 2: SFT on high / low / random base-likelihood subsets, typed dynamics (SLM JSON)",
+    "rerank": "notebook 05, part 3: N samples per probe question, pass@k, maj@k, rerank@1 by three scores",
+    "first_error": "notebook 05, part 4: first wrong step of solutions with one injected error, vs baselines",
 }
+BEYOND_STAGES = ("sft_vs_grpo", "llh_select", "rerank", "first_error")
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -46,11 +53,12 @@ def _parse_sets(items: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m helpers.run", description=__doc__.split("\n\n")[0],
-        epilog="stages:\n" + "\n".join(f"  {k:8s} {v}" for k, v in STAGES.items())
+        epilog="stages:\n" + "\n".join(f"  {k:11s} {v}" for k, v in STAGES.items())
         + "\npresets: " + ", ".join(config.PRESETS), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", required=True, choices=list(STAGES))
     ap.add_argument("--preset", default=None, help="smoke | cpu | t4 | a100 (default: $GRPO_PRESET, else by hardware)")
-    ap.add_argument("--run-name", default=None, help="run folder name (default: 01_rule_based / 02_logprob)")
+    ap.add_argument("--run-name", default=None,
+                    help="run folder name (default: 01_rule_based / 02_logprob / 05_beyond for notebook 05's stages)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a RunConfig field")
     ap.add_argument("--overwrite", action="store_true",
                     help="delete the run directory's earlier results and train again (OVERWRITE=True in a notebook)")
@@ -65,7 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         transform, scorer = sets.pop("transform", "mean"), sets.pop("scorer", "policy")
         kind = sets.pop("reward", "mean")
         preset = config.choose_preset(args.preset)
-        if args.stage == "writing":
+        runs = {k: sets.pop(k) for k in ("rule_run", "logprob_run") if k in sets}
+        if runs and args.stage not in BEYOND_STAGES:
+            raise config.ConfigError(f"--set {'/'.join(runs)} is an option of notebook 05's stages only.")
+        if args.stage in BEYOND_STAGES:
+            from . import beyond
+
+            cfg = beyond.beyond_config(preset, **({"run_name": args.run_name} if args.run_name else {}), **sets)
+            config.validate(cfg, num_processes=runtime.num_processes())
+        elif args.stage == "writing":
             from . import writing
 
             cfg = writing.writing_config(preset, kind, **({"run_name": args.run_name} if args.run_name else {}),
@@ -88,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = runtime.pick_backend(config.backend_request(cfg))
     runtime.banner(backend, cfg)
     try:
+        if args.stage in BEYOND_STAGES:
+            return _run_beyond(args, cfg, backend, runs)
         return _run_stage(args, cfg, backend, variants if args.stage == "ablation" else None, kind, transform, scorer)
     except config.ConfigError as exc:  # e.g. the run name holds a run made with another config (--overwrite)
         print(f"error: {exc}", file=sys.stderr)
@@ -117,6 +135,20 @@ def _run_stage(args, cfg, backend, variants, kind, transform, scorer) -> int:
                                          overwrite=args.overwrite)
     if exp.is_main:
         print(exp.table().to_string(index=False))
+        exp.saved_files()
+    return 0
+
+
+def _run_beyond(args, cfg, backend, runs: dict) -> int:
+    from . import beyond
+
+    exp, res = beyond.run_part(cfg, args.stage, backend=backend, overwrite=args.overwrite, **runs)
+    if exp.is_main:
+        for name, value in res.items():
+            if hasattr(value, "to_string"):
+                print(f"\n{name}:\n{value.to_string(index=False)}")
+        if args.stage == "first_error":
+            print("\n" + "\n\n".join(exp.error_examples(2)))
         exp.saved_files()
     return 0
 

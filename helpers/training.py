@@ -390,9 +390,21 @@ def check_run_config(run_dir: str | Path, cfg: RunConfig, overwrite: bool = Fals
 
 # ---------------------------------------------------------------------------------------
 # Cold start SFT
+def fitting_rows(cfg: RunConfig, tokenizer, rows: Sequence[dict],
+                 completion_fn: Callable[[dict], str] | None = None) -> list[dict]:
+    """The rows whose SFT target (`completion_fn(row)`, default: the tagged GSM8K solution) fits in 3/4 of
+    max_completion_length tokens; all the rows when none fits (tiny smoke lengths)."""
+    from .data import format_solution
+
+    completion_fn = completion_fn or (lambda r: format_solution(r["answer"], cfg.tag_style))
+    budget = int(cfg.max_completion_length * 0.75)
+    short = [r for r in rows if len(tokenizer(completion_fn(r), add_special_tokens=False)["input_ids"]) <= budget]
+    return short or list(rows)
+
+
 def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], run_dir: str | Path,
                    backend: str = "hf", completion_fn: Callable[[dict], str] | None = None,
-                   dataset_fn: Callable | None = None):
+                   dataset_fn: Callable | None = None, *, merge: bool | None = None, extra_callbacks: Sequence = ()):
     """Supervised warm-up on tagged gold solutions (TRL SFTTrainer, loss on the answer turn only).
 
     Returns (model, info). On the hf backend the SFT adapter is then merged into the base weights and a
@@ -402,6 +414,8 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
     Skipped when cfg.sft_steps == 0; on re-run the saved adapter is loaded instead of training again.
     `completion_fn(row)` (the target text, used for the length filter) and `dataset_fn(rows)` (the SFT
     dataset) default to GSM8K's tagged solutions; notebook 04 passes its plan + continuation versions.
+    `merge=False` keeps the SFT in the adapter on hf too (notebook 05: "adapter disabled" is then the pre-SFT base,
+    and another adapter can be loaded in its place); `extra_callbacks` go to the SFTTrainer (notebook 05's dynamics).
     """
     run_dir = Path(run_dir)
     out = run_dir / "sft_lora"
@@ -418,10 +432,8 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
 
         completion_fn = completion_fn or (lambda r: format_solution(r["answer"], cfg.tag_style))
         dataset_fn = dataset_fn or (lambda rs: sft_dataset(rs, tag_style=cfg.tag_style))
-        budget = int(cfg.max_completion_length * 0.75)
-        short = [r for r in sft_rows
-                 if len(tokenizer(completion_fn(r), add_special_tokens=False)["input_ids"]) <= budget]
-        rows = (short or list(sft_rows))[: cfg.sft_steps * cfg.sft_batch]
+        short = fitting_rows(cfg, tokenizer, sft_rows, completion_fn)
+        rows = short[: cfg.sft_steps * cfg.sft_batch]
         precision = resolve_precision(cfg.precision)
         args = SFTConfig(
             output_dir=str(run_dir / "sft_checkpoints"), max_steps=cfg.sft_steps,
@@ -438,14 +450,18 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
 
             train_dataset = tokenized_sft_dataset(train_dataset, tokenizer, args.max_length)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                             callbacks=[MetricsCallback(run_dir / "sft_metrics.csv"), *text_progress_callbacks("sft")])
+                             callbacks=[MetricsCallback(run_dir / "sft_metrics.csv"), *extra_callbacks,
+                                        *text_progress_callbacks("sft")])
         t0 = time.time()
         trainer.train()
         if trainer.is_world_process_zero():
             save_lora(model, tokenizer, out)
         info = {"sft": "trained", "steps": cfg.sft_steps, "examples": len(rows),
                 "short_solutions_available": len(short), "seconds": round(time.time() - t0, 1)}
-    if backend == "hf":
+    if merge is False:
+        info["merged"] = False
+        info["reference_model"] = "the pre-SFT base model (the SFT stays in the adapter)"
+    elif backend == "hf":
         model = merge_and_refresh_lora(model, cfg.seed)
         info["merged"] = True
         info["reference_model"] = "the SFT model (SFT merged into the base weights)"
