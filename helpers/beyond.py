@@ -94,11 +94,13 @@ def question_exposures(cfg: RunConfig, num_processes: int = 1) -> int:
 
 
 def pool_rows(all_train: Sequence[dict], grpo_rows: Sequence[dict], size: int) -> list[dict]:
-    """Part 2's pool: the last `size` training problems. ValueError when they reach into the GRPO rows (the first
-    len(grpo_rows) of the split) or the split is too small."""
+    """Part 2's pool: the last `size` training problems. ConfigError when they reach into the GRPO rows (the first
+    len(grpo_rows) of the split) or the split is too small: on t4/a100 GRPO trains on every question
+    (train_size=None), so part 2 needs train_size set (for notebooks 01, 02 and 05 alike) to leave a pool."""
     if size > len(all_train) - len(grpo_rows):
-        raise ValueError(f"llh_pool_size={size} reaches into the {len(grpo_rows)} GRPO training rows of a split of "
-                         f"{len(all_train)}: lower llh_pool_size or train_size.")
+        raise ConfigError(f"llh_pool_size={size} reaches into the {len(grpo_rows)} GRPO training rows of a split of "
+                          f"{len(all_train)}: lower llh_pool_size, or set train_size so that GRPO leaves at least "
+                          f"{size} training problems unused (on t4/a100 GRPO uses all of them by default).")
     return list(all_train[len(all_train) - size:])
 
 

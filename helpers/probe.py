@@ -137,7 +137,10 @@ def history(run_dir: str | Path):
     if (run_dir / "probe_start.csv").exists():
         rows.append({"step": 0, **summary(pd.read_csv(run_dir / "probe_start.csv", keep_default_na=False))})
     if (run_dir / "probe.csv").exists():
-        rows += pd.read_csv(run_dir / "probe.csv").drop(columns=["seconds"], errors="ignore").to_dict("records")
+        try:
+            rows += pd.read_csv(run_dir / "probe.csv").drop(columns=["seconds"], errors="ignore").to_dict("records")
+        except pd.errors.EmptyDataError:  # the run ended before any checkpoint was probed
+            pass
     if (run_dir / "probe_end.csv").exists() and (run_dir / "train_summary.json").exists():
         steps = json.loads((run_dir / "train_summary.json").read_text()).get("steps")
         if steps is not None:

@@ -29,3 +29,29 @@ class CharTokenizer:
 def char_tok():
     """A CharTokenizer (see its docstring)."""
     return CharTokenizer()
+
+
+class FakeAdapterModel:
+    """Stands for a PEFT model: `disable_adapter()` is a context manager that turns `adapter_on` off inside it
+    (fake scorers read the flag to return the policy's or the reference's values)."""
+
+    def __init__(self):
+        self.adapter_on = True
+
+    def disable_adapter(self):
+        model = self
+
+        class Off:
+            def __enter__(self):
+                model.adapter_on = False
+
+            def __exit__(self, *exc):
+                model.adapter_on = True
+
+        return Off()
+
+
+@pytest.fixture
+def fake_model_cls():
+    """The FakeAdapterModel class (call it for a fresh model)."""
+    return FakeAdapterModel

@@ -70,6 +70,9 @@ def test_changes_pairs_by_question_and_refuses_different_questions():
 def test_history_and_cache_from_a_run_directory(tmp_path):
     q = ["a", "b"]
     assert probe.history(tmp_path).empty
+    for empty in ("", "\n"):  # training ended before any checkpoint was probed (1 step)
+        (tmp_path / "probe.csv").write_text(empty)
+        assert probe.history(tmp_path).empty
     calls = []
 
     def compute():

@@ -112,25 +112,6 @@ def test_rerank_gain_value_interval_and_determinism():
 
 
 # ---- scores, with a fake scorer ---------------------------------------------------------
-class FakeModel:
-    """Stands for a model; `disable_adapter` switches the fake scorer to the reference values."""
-
-    def __init__(self):
-        self.adapter_on = True
-
-    def disable_adapter(self):
-        model = self
-
-        class Off:
-            def __enter__(self):
-                model.adapter_on = False
-
-            def __exit__(self, *exc):
-                model.adapter_on = True
-
-        return Off()
-
-
 @pytest.fixture
 def fake_scorer(monkeypatch):
     """score_or_none: -1 per target character with the adapter on, -0.25 off (or for another model); None for
@@ -152,7 +133,8 @@ def samples_frame():
                          "own_answer": ["4", None, "x" * 300], "strict_correct": [True, False, False]})
 
 
-def test_completion_and_implicit_scores_with_a_fake_scorer(char_tok, fake_scorer):
+def test_completion_and_implicit_scores_with_a_fake_scorer(char_tok, fake_scorer, fake_model_cls):
+    FakeModel = fake_model_cls
     model, df = FakeModel(), samples_frame()
     assert rerank.completion_logprob_scores(model, char_tok, df, "reasoning") == [-1.0, -math.inf, -math.inf]
     # log pi - log pi_ref = (-1 - -0.25) per token, summed over the 4 tokens of "abcd"
@@ -164,7 +146,8 @@ def test_completion_and_implicit_scores_with_a_fake_scorer(char_tok, fake_scorer
     assert model.adapter_on  # the adapter is back on afterwards
 
 
-def test_reference_must_be_a_model_or_disable_adapter():
+def test_reference_must_be_a_model_or_disable_adapter(fake_model_cls):
+    FakeModel = fake_model_cls
     with pytest.raises(ValueError, match="disable_adapter"):
         rerank.reference_scope(object(), "disable_adapter")
     with pytest.raises(ValueError):

@@ -146,22 +146,8 @@ def test_step_sums_drops_traces_and_predictions():
     assert steps.predict_first_wrong([]) is None
 
 
-def test_per_step_scores_with_a_fake_scorer(char_tok, monkeypatch):
-    class Model:
-        adapter_on = True
-
-        def disable_adapter(self):
-            model = self
-
-            class Off:
-                def __enter__(self):
-                    model.adapter_on = False
-
-                def __exit__(self, *exc):
-                    model.adapter_on = True
-
-            return Off()
-
+def test_per_step_scores_with_a_fake_scorer(char_tok, monkeypatch, fake_model_cls):
+    Model = fake_model_cls
     def fake(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope, groups=None):
         with scope():  # on: -1 per char, except -5 on the digit '9'; off: -0.5 per char
             return [[(-5.0 if ch == "9" else -1.0) if model.adapter_on else -0.5 for ch in t] for t in targets]
