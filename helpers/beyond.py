@@ -212,6 +212,21 @@ class BeyondExperiment(pipeline.Experiment):
         else:
             training.load_adapter_weights(self.model, adapter_dir)
         self.current_adapter = Path(adapter_dir) if adapter_dir else None
+        if self.current_adapter is not None:
+            self.check_adapter(self.current_adapter)  # once per adapter: the generator sees the one just loaded
+
+    def check_reference(self) -> dict:
+        """Self-check, once per adapter, before an implicit reward is computed: the scorer with the adapter off
+        differs from the scorer with it on (`selfcheck.check_reference`)."""
+        key = f"reference:{self.current_adapter}"
+        if not self.cfg.self_check or not self.is_main or key in self._adapters_checked:
+            return {}
+        from . import selfcheck
+
+        out = selfcheck.check_reference(self.model, self.tokenizer)
+        self._adapters_checked.add(key)
+        print(f"[self-check] implicit-reward reference for {Path(str(self.current_adapter)).name}: {out}")
+        return out
 
     @property
     def adapter_dir(self) -> Path | None:  # what vLLM must generate with on Unsloth
@@ -389,6 +404,7 @@ class BeyondExperiment(pipeline.Experiment):
         samples = probe.cached(path, lambda: evaluation.sample_groups(
             self.model, self.tokenizer, rows, self.cfg, n=self.cfg.rerank_samples, backend=self.backend,
             temperature=self.cfg.temperature, lora_path=self.current_adapter if self.backend == "unsloth" else None))
+        self.check_reference()
         for name, score in rerank.SCORES.items():
             if name not in samples:
                 samples[name] = score(self.model, self.tokenizer, samples, self.cfg.tag_style,
@@ -423,6 +439,7 @@ class BeyondExperiment(pipeline.Experiment):
             runtime.atomic_write_json(out / "error_set.json", examples)
         if not (out / "scores.json").exists():
             self.use_adapter(self.sft_model())
+            self.check_reference()
             runtime.atomic_write_json(out / "scores.json", steps.per_step_scores(
                 self.model, self.tokenizer, examples, tag_style=self.cfg.tag_style, batch_size=self.cfg.eval_batch_size))
         scores = load_step_scores(out / "scores.json")

@@ -170,14 +170,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
         learning_rate=5e-5, temperature=1.0, probe_size=4,
     ),
-    # A real short run on a 2-core laptop with SmolLM2-135M: notebook 01 (40 SFT + 30 GRPO steps, both evaluations)
-    # took 13.0 min wall on an idle 2-core CPU (scripts/run-notebook.sh, measured 2026-11-25; 16-19 min on a busier
-    # one); notebook 02 28.8 min, notebook 04 25.0 min (measured 2026-11-23). README, "Measured here".
+    # A real short run on a 2-core laptop with SmolLM2-135M, sized so that GRPO itself moves what it optimises from
+    # the after-cold-start checkpoint (issue 13; benchmarks/learning.py, README "What GRPO itself moved"): learning
+    # rate 2e-4 and no KL term (beta 0; at lr 2e-5 and beta 0.04 GRPO barely moved the policy, KL ~1e-4), 25 steps of
+    # one question x G=4 completions of <= 128 tokens, greedy evaluation/probe answers <= 128 tokens.
+    # STEP_TIMES
     "cpu": dict(
-        max_steps=30, num_generations=4, per_device_batch=4, max_prompt_length=256,
-        max_completion_length=128, train_size=400, eval_size=30, eval_max_new_tokens=160,
-        eval_batch_size=15, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
-        lora_r=16, lora_alpha=32, learning_rate=2e-5, temperature=1.0,
+        max_steps=25, num_generations=4, per_device_batch=4, max_prompt_length=256,
+        max_completion_length=128, train_size=400, eval_size=30, eval_max_new_tokens=128,
+        eval_batch_size=25, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
+        lora_r=16, lora_alpha=32, learning_rate=2e-4, beta=0.0, temperature=1.0,
     ),
     # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit (cost: estimates only, see notebook 01's table), fp16 (bf16 on an L4, which also gets this preset).
     # Use Qwen2.5-0.5B-Instruct to go faster.

@@ -12,7 +12,11 @@ only exist there check themselves where they run, on every backend (CI runs them
    the run asked for);
 3. once an adapter is trained, the generator really uses it: vLLM's greedy output with the LoRA differs
    from the base model's on a fixed prompt (Unsloth), or the logits with the adapter on differ from the
-   adapter off (hf).
+   adapter off (hf);
+4. where a score compares the policy with its own base (notebook 05's implicit reward log pi_SFT - log pi_base,
+   adapter on vs `model.disable_adapter()`), switching the adapter off really changes what the *scorer* computes
+   (`check_reference`): on Unsloth the fast LoRA kernels must honour PEFT's disable flag, or every implicit
+   reward would be exactly 0.
 
 A failure raises SelfCheckError with what to do: on a GPU, the escape hatch is BACKEND='hf'
 (transformers + peft, the path CI runs; slower, since generation then runs without vLLM).
@@ -192,3 +196,26 @@ def check_adapter(model, tokenizer, backend: str, lora_path: str | Path | None =
     if not delta > 0:
         raise SelfCheckError("Self-check failed: the trained adapter does not change the model's logits. " + ESCAPE_HATCH)
     return {"adapter_check": "ok", "logit_delta": delta}
+
+
+def check_reference(model, tokenizer) -> dict:
+    """The scorer sees the adapter switched off: with a trained adapter, log pi(t) - log pi_base(t) on fixed pairs
+    (`rerank.token_logratios`, adapter on vs `disable_adapter`) is finite and not all zero. SelfCheckError if the
+    ratios are all 0 (the reference is the policy itself, so an implicit reward would be 0 everywhere) or not
+    finite."""
+    if not adapter_is_trained(model):
+        return {"reference_check": "skipped (adapter untrained)"}
+    from .rerank import token_logratios
+
+    contexts, targets = zip(*_CHECK_PAIRS)
+    ratios = [r for rs in token_logratios(model, tokenizer, contexts, targets) if rs is not None for r in rs]
+    if not ratios or not all(math.isfinite(r) for r in ratios):
+        raise SelfCheckError(f"Self-check failed: log pi - log pi_base is not finite on the check pairs ({ratios[:4]}). "
+                             + ESCAPE_HATCH)
+    biggest = max(abs(r) for r in ratios)
+    if biggest == 0.0:
+        raise SelfCheckError(
+            "Self-check failed: scoring with the adapter switched off (model.disable_adapter()) gives exactly the "
+            "scores with it on, so the implicit reward log pi_SFT - log pi_base would be 0 for every completion. "
+            + ESCAPE_HATCH)
+    return {"reference_check": "ok", "max_abs_logratio": biggest}

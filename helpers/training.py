@@ -471,6 +471,8 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
         info["reference_model"] = "the pre-SFT base model (Unsloth keeps the SFT in the LoRA adapter)"
         print("[sft] note: on Unsloth the KL reference and the 'reference' scorer are the pre-SFT base model "
               "(on hf they are the SFT model).")
+    if cfg.beta == 0:
+        info["kl_term"] = "off (beta 0): TRL loads no reference model and logs no kl"
     return model, info
 
 

@@ -1,5 +1,26 @@
 import pytest
 
+RESOLVER_TEST = "test_colab_requirements_resolve_for_colab_platform"
+_STARTED: list = []  # the module whose background resolution was started
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: only a test that will run starts it
+def pytest_collection_modifyitems(session, config, items):
+    """When the Colab resolver test is selected, start its download-bound pip run now, in the background, and move
+    the test to the end of the run, where it only collects the result: its wall time overlaps the CPU-bound
+    tests instead of adding to them (tests/test_colab_requirements.py)."""
+    for i, item in enumerate(items):
+        if item.name == RESOLVER_TEST and not item.get_closest_marker("skip"):
+            item.module.start_resolution()
+            _STARTED.append(item.module)
+            items.append(items.pop(i))
+            break
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for module in _STARTED:
+        module.stop_resolution()
+
 
 @pytest.fixture(scope="session")
 def smol():

@@ -67,7 +67,7 @@ def test_grpo_config_is_notebook_01_02s_run():
 
 def test_question_exposures():
     cfg = config.preset("cpu")
-    assert beyond.question_exposures(cfg) == 30 * 1 and beyond.question_exposures(cfg, 2) == 60
+    assert beyond.question_exposures(cfg) == 25 * 1 and beyond.question_exposures(cfg, 2) == 50
     assert beyond.question_exposures(config.preset("a100")) == 1000 * 2
 
 

@@ -383,6 +383,17 @@ UNSLOTH_BEHAVIOURS = [
     ("unsloth/models/llama.py", "LlamaAttention_fast_forward", [r"Q, K, V = self\.apply_qkv\(self, hidden_states\)"],
      "patched attention needs apply_qkv, set only on models Unsloth loads: helpers.writing.load_judge loads the "
      "judge through Unsloth on that backend"),
+    ("unsloth_zoo/vllm_utils.py", "load_lora",
+     [r"LoRARequest\(str\(LORA_REQUEST_ID\), LORA_REQUEST_ID, save_directory\)", r"LORA_REQUEST_ID \+= 1"],
+     "every load_lora call is a new LoRARequest id, read from its directory: notebook 05 switches adapters "
+     "(start, SFT arms, subsets) in one vLLM session and vLLM never serves an adapter cached under another path "
+     "(helpers.beyond passes the current adapter's directory to each generation)"),
+    ("unsloth/kernels/utils.py", "get_lora_parameters",
+     [r'if getattr\(proj, "disable_adapters", True\) or proj\.merged:\s+return W, getattr\(W, "quant_state", None\), '
+      r"None, None, None"],
+     "the fast LoRA kernels drop the LoRA when PEFT's disable_adapters flag is set: `with model.disable_adapter()` "
+     "scores the base model, which notebook 05's implicit reward (helpers.rerank.reference_scope) needs; "
+     "selfcheck.check_reference checks it on the user's GPU"),
 ]
 
 

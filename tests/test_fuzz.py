@@ -1,6 +1,6 @@
 """Fuzzing the untrusted-text paths: every public *_reward, the answer parser and the gold parser.
 
-Each function sees >= 10,000 generated completions (hypothesis): random text, nested / duplicated /
+Each function sees the same >= 10,000 generated completions (drawn once per run by hypothesis, derandomized): random text, nested / duplicated /
 unclosed / reordered tags, huge, negative, scientific, unicode-digit and fraction numbers, empty and
 50k-character strings, and text that looks like code. Every call must return one finite float per
 completion, take < 50 ms of CPU time, and never raise. Counts are printed (run with -s to see them).
@@ -45,22 +45,35 @@ PUBLIC_REWARDS = {n: getattr(rewards, n) for n in dir(rewards) if n.endswith("_r
 STATS: dict[str, dict] = {}
 
 
-def _check(name, fn, value_ok):
-    st_ = STATS.setdefault(name, {"calls": 0, "exceptions": 0, "non_finite": 0, "slowest_ms": 0.0})
-    for warm in ("<answer>1</answer>", "<answer>\\sqrt{x}</answer>"):  # first-call imports (sympy, the
-        fn(warm, "1")  # LaTeX parser of math-verify) are a one-off cost, not a per-call one
+@pytest.fixture(scope="module")
+def corpus() -> list[tuple[str, str]]:
+    """EXAMPLES (completion, gold) pairs drawn once by hypothesis (derandomized: the same pairs on every run) and
+    shared by every function under test: drawing them is most of the cost, calling a parser is cheap."""
+    pairs: list[tuple[str, str]] = []
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(text=COMPLETION, gold=GOLD)
-    def run(text, gold):
-        gc.disable()  # a collection of hypothesis' garbage is not the function's cost
+    def draw(text, gold):
+        pairs.append((text, gold))
+
+    draw()
+    assert len(pairs) >= EXAMPLES, f"hypothesis drew {len(pairs)} examples, fewer than {EXAMPLES}"
+    return pairs
+
+
+def _check(name, fn, value_ok, corpus):
+    st_ = STATS.setdefault(name, {"calls": 0, "exceptions": 0, "non_finite": 0, "slowest_ms": 0.0})
+    for warm in ("<answer>1</answer>", "<answer>\\sqrt{x}</answer>"):  # first-call imports (sympy, the
+        fn(warm, "1")  # LaTeX parser of math-verify) are a one-off cost, not a per-call one
+    for text, gold in corpus:
+        gc.disable()  # a collection of the corpus' garbage is not the function's cost
         t = time.thread_time()  # CPU time of this thread: a loaded machine does not inflate it
         try:
             out = fn(text, gold)
-        except Exception:
+        except Exception as error:
             st_["exceptions"] += 1
-            raise
+            raise AssertionError(f"{name} raised {error!r} on {text[:200]!r} (gold {gold!r})") from error
         finally:
             gc.enable()
             st_["calls"] += 1
@@ -70,8 +83,6 @@ def _check(name, fn, value_ok):
         if not value_ok(out):
             st_["non_finite"] += 1
             raise AssertionError(f"{name} returned {out!r} for {text[:80]!r}")
-
-    run()
     print(f"\n{name}: {st_}")
     assert st_["calls"] >= EXAMPLES and st_["exceptions"] == 0 and st_["non_finite"] == 0
     assert st_["slowest_ms"] < 50, f"{name}: slowest call {st_['slowest_ms']:.1f} ms on {st_['slowest_input']!r}"
@@ -82,29 +93,29 @@ def _one_finite_float(out):
 
 
 @pytest.mark.parametrize("name", sorted(PUBLIC_REWARDS))
-def test_fuzz_reward(name):
+def test_fuzz_reward(name, corpus):
     f = PUBLIC_REWARDS[name]
-    _check(name, lambda text, gold: f(prompts=[None], completions=[text], answer=[gold]), _one_finite_float)
+    _check(name, lambda text, gold: f(prompts=[None], completions=[text], answer=[gold]), _one_finite_float, corpus)
 
 
-def test_fuzz_answer_parser():
+def test_fuzz_answer_parser(corpus):
     _check("extract_answer", lambda text, gold: data.extract_answer(text),
-           lambda out: out is None or isinstance(out, str))
+           lambda out: out is None or isinstance(out, str), corpus)
 
 
-def test_fuzz_last_number_parser():
+def test_fuzz_last_number_parser(corpus):
     _check("extract_last_number", lambda text, gold: data.extract_last_number(text),
-           lambda out: out is None or isinstance(out, str))
+           lambda out: out is None or isinstance(out, str), corpus)
 
 
-def test_fuzz_gold_parser():
+def test_fuzz_gold_parser(corpus):
     def parse(text, gold):
         try:
             return data.extract_gold(text)
         except ValueError:  # documented: a string without '####' is not a GSM8K solution
             return None
 
-    _check("extract_gold", parse, lambda out: out is None or isinstance(out, str))
+    _check("extract_gold", parse, lambda out: out is None or isinstance(out, str), corpus)
 
 
 def test_no_reward_path_calls_eval_or_exec():

@@ -293,6 +293,26 @@ def test_adapter_check_on_hf(monkeypatch):
         selfcheck.check_adapter(model, tok, "hf")
 
 
+def test_reference_check_sees_the_adapter_switched_off(monkeypatch):
+    """Notebook 05's implicit reward log pi_SFT - log pi_base needs the scorer to honour disable_adapter: passes
+    with a trained adapter, skipped with a fresh one, fails when switching off changes nothing."""
+    from contextlib import nullcontext
+
+    from helpers import config
+
+    model, tok = training.load_model(config.preset("smoke"), "hf")
+    assert selfcheck.check_reference(model, tok)["reference_check"].startswith("skipped")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    out = selfcheck.check_reference(model, tok)
+    assert out["reference_check"] == "ok" and out["max_abs_logratio"] > 1e-4
+    monkeypatch.setattr(type(model), "disable_adapter", lambda self: nullcontext())  # the kernels ignore the flag
+    with pytest.raises(selfcheck.SelfCheckError, match="implicit reward"):
+        selfcheck.check_reference(model, tok)
+
+
 # ---------------------------------------------------------------------------------------
 # Cold start on Unsloth: a tokenized dataset with labels (prompt masked), not prompt/completion columns
 def test_tokenized_sft_dataset_masks_the_prompt_and_keeps_the_answer_turn():
