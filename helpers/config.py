@@ -171,10 +171,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
         learning_rate=5e-5, temperature=1.0, probe_size=4,
     ),
     # A real short run on a 2-core laptop with SmolLM2-135M, sized so that GRPO itself moves what it optimises from
-    # the after-cold-start checkpoint (issue 13; benchmarks/learning.py, README "What GRPO itself moved"): learning
+    # the after-cold-start checkpoint (benchmarks/learning.py, README "What GRPO itself moved"): learning
     # rate 2e-4 and no KL term (beta 0; at lr 2e-5 and beta 0.04 GRPO barely moved the policy, KL ~1e-4), 25 steps of
     # one question x G=4 completions of <= 128 tokens, greedy evaluation/probe answers <= 128 tokens.
-    # STEP_TIMES
+    # Measured on an idle 2-core x86_64 CPU (benchmarks/learning.py, 2026-11-30, one process, two threads): the cold
+    # start (40 SFT steps of 4) 154 s; a GRPO step 18.1 s with the rule rewards, 19.2 s with the logprob reward added
+    # (7.5 / 8.0 min for 25 steps); the 100-question probe 180 s (each checkpoint probe adds that).
     "cpu": dict(
         max_steps=25, num_generations=4, per_device_batch=4, max_prompt_length=256,
         max_completion_length=128, train_size=400, eval_size=30, eval_max_new_tokens=128,
