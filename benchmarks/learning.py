@@ -37,7 +37,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers import config, pipeline, probe  # noqa: E402
-from helpers.logprob import logprob_reward  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -64,11 +63,7 @@ def one_run(cfg, kind: str, seed: int, rows, cold_dir: Path):
         return probe.cached(path, None)
     exp = pipeline.Experiment(run_cfg, backend="hf")
     exp.cold_start(sft_dir=cold_dir)
-    funcs = list(exp.rule_rewards().values())
-    extra = None
-    if kind == "logprob":
-        lp = logprob_reward(exp.model, exp.tokenizer, transform="mean")
-        funcs, extra = funcs + [lp], lp.stats.flush
+    funcs, extra = (pipeline.rule_stage_rewards if kind == "rule" else pipeline.logprob_stage_rewards)(exp)
     t0 = time.time()
     exp.train(funcs, extra_metrics=extra)
     log(f"{kind} seed {seed}: GRPO {exp.result.steps} steps in {time.time() - t0:.0f} s "

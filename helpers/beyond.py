@@ -39,17 +39,18 @@ RUN_NAME = "05_beyond"
 RULE_RUN, LOGPROB_RUN = "01_rule_based", "02_logprob"
 # Per-preset values of notebook 05's knobs (RunConfig fields, validated by config.validate). They live here, as the
 # writing task's WRITING_OVERRIDES do, so notebooks 01-04 keep the RunConfig defaults.
-# Time: smoke is sized for CI (nbmake; target <= 2 min on an idle 2-core CPU). cpu is an ESTIMATE, not measured, built
-# from the measured cpu runs of notebooks 01/02 (README: a 30-question greedy evaluation at 160 tokens ~2 min, 40 SFT
-# steps ~2 min): 5 probes of 60 questions (~15 min), part 3's 30 x 4 samples (~5 min) and scores (~1 min), the cold
-# start and four short SFT runs with dynamics (~6 min), part 4's 60 examples (~3 min): about 35-40 min on 2 cores when
-# notebooks 01/02's runs (with their probes) exist; about 80 min more when part 1 must train them and probe them.
-# t4/a100: estimates only (see the notebook's header).
+# Time: smoke is sized for CI (nbmake; target <= 2 min on an idle 2-core CPU). cpu, measured 2026-11-30 on the 2-core
+# machine with notebooks 01/02's runs present: 33.3 min of wall time (part 1: cold start, 60-question start probe,
+# 25-step SFT arm and its probe, 10.8 min; part 2: pool scoring, own samples, three 8-step SFT runs with dynamics
+# and their probes, 14.2 min; part 3: 30 x 4 samples in 218 s and three scores; part 4: 60 examples; parts 3-4
+# 8.3 min), about 7 min of it shared with other jobs. The pool is 200 because only 82 of those 200 solutions fit the
+# 96-token SFT budget (3/4 of max_completion_length=128) and the high and low subsets need 64. When part 1 must
+# train and probe notebooks 01/02's runs too: about 80 min more (estimate). t4/a100: estimates only (notebook header).
 BEYOND_OVERRIDES = {
     # smoke: subsets of 4 = 2 SFT steps of 2, because the first step of a warmed-up schedule has learning rate 0
     "smoke": dict(llh_pool_size=8, llh_subset_size=4, llh_dynamics_n=1, llh_dynamics_every=1, rerank_samples=2,
                   rerank_questions=2, error_set_rows=2),
-    "cpu": dict(llh_pool_size=120, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
+    "cpu": dict(llh_pool_size=200, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
                 rerank_questions=30, error_set_rows=30, probe_size=60),
     "t4": dict(llh_pool_size=1000, llh_subset_size=256, llh_dynamics_n=32, llh_dynamics_every=8, rerank_samples=8,
                rerank_questions=200, error_set_rows=150),
@@ -218,15 +219,11 @@ class BeyondExperiment(pipeline.Experiment):
     def check_reference(self) -> dict:
         """Self-check, once per adapter, before an implicit reward is computed: the scorer with the adapter off
         differs from the scorer with it on (`selfcheck.check_reference`)."""
-        key = f"reference:{self.current_adapter}"
-        if not self.cfg.self_check or not self.is_main or key in self._adapters_checked:
-            return {}
         from . import selfcheck
 
-        out = selfcheck.check_reference(self.model, self.tokenizer)
-        self._adapters_checked.add(key)
-        print(f"[self-check] implicit-reward reference for {Path(str(self.current_adapter)).name}: {out}")
-        return out
+        return self._check_once(f"reference:{self.current_adapter}",
+                                f"implicit-reward reference for {Path(str(self.current_adapter)).name}",
+                                lambda: selfcheck.check_reference(self.model, self.tokenizer))
 
     @property
     def adapter_dir(self) -> Path | None:  # what vLLM must generate with on Unsloth
@@ -341,6 +338,12 @@ class BeyondExperiment(pipeline.Experiment):
             all_train = load_gsm8k_rows("train", self.cfg.dataset_source)
             rows = training.fitting_rows(self.cfg, self.tokenizer,
                                          pool_rows(all_train, self.train_rows, self.cfg.llh_pool_size))
+            if len(rows) < 2 * self.cfg.llh_subset_size:  # before any scoring: high and low must not overlap
+                raise ConfigError(
+                    f"Only {len(rows)} of the llh_pool_size={self.cfg.llh_pool_size} pool solutions fit in 3/4 of "
+                    f"max_completion_length={self.cfg.max_completion_length} tokens; the high and low subsets need "
+                    f"2 x llh_subset_size={2 * self.cfg.llh_subset_size}. Raise llh_pool_size or lower "
+                    "llh_subset_size.")
             self.use_adapter(None)  # the base model
             scored = sft_select.score_pool(self.model, self.tokenizer, rows, self.cfg.tag_style,
                                            batch_size=self.cfg.eval_batch_size)
@@ -404,9 +407,9 @@ class BeyondExperiment(pipeline.Experiment):
         samples = probe.cached(path, lambda: evaluation.sample_groups(
             self.model, self.tokenizer, rows, self.cfg, n=self.cfg.rerank_samples, backend=self.backend,
             temperature=self.cfg.temperature, lora_path=self.current_adapter if self.backend == "unsloth" else None))
-        self.check_reference()
         for name, score in rerank.SCORES.items():
             if name not in samples:
+                self.check_reference()  # only when something is scored (the implicit reward uses the adapter off)
                 samples[name] = score(self.model, self.tokenizer, samples, self.cfg.tag_style,
                                       batch_size=self.cfg.eval_batch_size)
                 runtime.atomic_write_csv(path, samples)

@@ -104,12 +104,19 @@ class Experiment:
 
     def check_adapter(self, lora_path=None) -> dict:
         """Self-check, once per adapter: the trained adapter really changes what the generator computes."""
-        key = str(lora_path or self.adapter_dir)
-        if not self.cfg.self_check or not self.is_main or key in self._adapters_checked or self.adapter_dir is None:
+        if self.adapter_dir is None:
             return {}
-        out = selfcheck.check_adapter(self.model, self.tokenizer, self.backend, lora_path)
+        key = str(lora_path or self.adapter_dir)
+        return self._check_once(key, f"adapter {Path(key).name}", lambda: selfcheck.check_adapter(
+            self.model, self.tokenizer, self.backend, lora_path))
+
+    def _check_once(self, key: str, what: str, check: Callable[[], dict]) -> dict:
+        """Run the self-check `check` once per `key` (main process, cfg.self_check on); print and return its result."""
+        if not self.cfg.self_check or not self.is_main or key in self._adapters_checked:
+            return {}
+        out = check()
         self._adapters_checked.add(key)
-        print(f"[self-check] adapter {Path(key).name}: {out}")
+        print(f"[self-check] {what}: {out}")
         return out
 
     # Evaluation hooks (the writing task has its own generation, metrics and CSV columns).
@@ -153,8 +160,16 @@ class Experiment:
 
     # ---------------------------------------------------------------------------------
     # The held-out probe: GRPO's own effect, from the after-cold-start policy (helpers/probe.py)
+    probe_metrics: dict[str, str] = probe.PROBE_METRICS  # metric name -> per-question column of run_probe's frame
+    probe_key = "question"  # the column that pairs two probes row by row
+    probe_dropna = False  # True: pair only rows scored in both probes; False: an unscored row is an error
+
     def probe_rows(self) -> list[dict]:
         return probe.probe_rows(self.cfg, self.cfg.probe_size)
+
+    def run_probe(self, model, rows, label: str, lora_path=None):
+        """Per-question DataFrame of the probe on `model` (the GSM8K probe: probe.run)."""
+        return probe.run(model, self.tokenizer, rows, self.cfg, backend=self.backend, lora_path=lora_path, label=label)
 
     def probe(self, label: str):
         """The probe of the current policy (per-question DataFrame), cached as probe_<label>.csv: "start" after the
@@ -164,12 +179,14 @@ class Experiment:
         lora = self.adapter_dir if self.backend == "unsloth" else None
         if label != "start":
             self.check_adapter(lora)
-        df = probe.cached(self.run_dir / f"probe_{label}.csv", lambda: probe.run(
-            self.model, self.tokenizer, self.probe_rows(), self.cfg, backend=self.backend, lora_path=lora,
-            label=f"probe {label}"))
+        df = probe.cached(self.run_dir / f"probe_{label}.csv", lambda: self.run_probe(
+            self.model, self.probe_rows(), f"probe {label}", lora))
+        return self._keep_probe(label, df)
+
+    def _keep_probe(self, label: str, df):
         self.probes[label] = df
-        print(f"[probe] {label}: {len(df)} held-out questions: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in probe.summary(df).items()))
+        print(f"[probe] {label}: {len(df)} held-out rows: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in probe.summary(df, self.probe_metrics).items()))
         return df
 
     def probe_callbacks(self) -> list:
@@ -178,21 +195,23 @@ class Experiment:
         if not self.cfg.probe_size or self.backend != "hf":
             return []
         return [probe.ProbeCallback(self.run_dir / "probe.csv", self.tokenizer, self.probe_rows(), self.cfg,
-                                    samples_dir=self.run_dir / "probe_steps")]
+                                    samples_dir=self.run_dir / "probe_steps", metrics=self.probe_metrics,
+                                    run_fn=lambda model, rows, label: self.run_probe(model, rows, label))]
 
     def probe_changes(self):
         """After GRPO minus after cold start, per probe metric, with the paired bootstrap 95 % interval and a
         verdict ("up", "down", "within noise"); saved as probe_changes.csv."""
         if "start" not in self.probes or "end" not in self.probes:
             raise RuntimeError("Run exp.probe('start') after the cold start and exp.probe('end') after GRPO first.")
-        table = probe.changes(self.probes["end"], self.probes["start"], names=("after cold start", "after GRPO"))
+        table = probe.changes(self.probes["end"], self.probes["start"], names=("after cold start", "after GRPO"),
+                              columns=self.probe_metrics, key=self.probe_key, dropna=self.probe_dropna)
         if self.is_main:
             runtime.atomic_write_csv(self.run_dir / "probe_changes.csv", table)
         return table
 
     def probe_history(self):
         """Probe metric means against GRPO step: the start probe at step 0, each checkpoint, the end probe."""
-        return probe.history(self.run_dir)
+        return probe.history(self.run_dir, self.probe_metrics)
 
     # ---------------------------------------------------------------------------------
     @property
@@ -257,22 +276,30 @@ def run_stage(exp: Experiment, make_rewards: Callable[[Experiment], tuple], pref
     return exp
 
 
+def rule_stage_rewards(exp: Experiment) -> tuple[list, None]:
+    """Notebook 01's reward functions for `exp` (run_stage's make_rewards): the rule rewards, no extra metrics."""
+    return list(exp.rule_rewards().values()), None
+
+
+def logprob_stage_rewards(exp: Experiment, transform: str = "mean", scorer: str = "policy") -> tuple[list, Callable]:
+    """Notebook 02's reward functions for `exp`: the rule rewards (correctness weighted 0 by logprob_weights, logged
+    only) + the logprob reward on exp's current model; its per-step stats as extra metrics."""
+    from .logprob import logprob_reward
+
+    lp = logprob_reward(exp.model, exp.tokenizer, transform=transform, scorer=scorer)
+    return list(exp.rule_rewards().values()) + [lp], lp.stats.flush
+
+
 def run_rule_stage(cfg: config_mod.RunConfig, *, probes: bool = False, **kw) -> Experiment:
     """Notebook 01 end to end: baseline eval, cold start, GRPO with rule rewards, eval, report."""
-    return run_stage(Experiment(cfg, **kw), lambda exp: (list(exp.rule_rewards().values()), None), "01",
-                     probes=probes)
+    return run_stage(Experiment(cfg, **kw), rule_stage_rewards, "01", probes=probes)
 
 
 def run_logprob_stage(cfg: config_mod.RunConfig, transform: str = "mean", scorer: str = "policy", *,
                       probes: bool = False, **kw) -> Experiment:
     """Notebook 02's training end to end: rule rewards (correctness weight 0, logged only) + the logprob reward."""
-    from .logprob import logprob_reward
-
-    def rewards(exp):
-        lp = logprob_reward(exp.model, exp.tokenizer, transform=transform, scorer=scorer)
-        return list(exp.rule_rewards().values()) + [lp], lp.stats.flush
-
-    return run_stage(Experiment(cfg, **kw), rewards, "02", probes=probes)
+    return run_stage(Experiment(cfg, **kw), lambda exp: logprob_stage_rewards(exp, transform, scorer), "02",
+                     probes=probes)
 
 
 def logprob_weights(transform: str, weight: float = 1.0) -> dict[str, float]:

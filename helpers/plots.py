@@ -195,18 +195,19 @@ PROBE_PANELS = {"format_rate": "strict format rate (greedy)", "strict_accuracy":
 
 
 def probe_curves(histories: dict[str, object], label: str, save_to: Sequence[str | Path] = (),
-                 changes: dict[str, object] | None = None):
+                 changes: dict[str, object] | None = None, panels: dict[str, str] = PROBE_PANELS):
     """The held-out probe against GRPO step (step 0 = after the cold start), one panel per metric, runs overlaid.
     `histories` maps a run name to Experiment.probe_history(); `changes` (optional) maps it to probe_changes(),
-    whose after-minus-start difference and 95 % interval are written into each panel's legend."""
+    whose after-minus-start difference and 95 % interval are written into each panel's legend. `panels`: metric ->
+    panel title (the writing task passes writing.PROBE_PANELS)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(PROBE_PANELS), figsize=(4.4 * len(PROBE_PANELS), 3.2), squeeze=False)
-    for ax, (metric, title) in zip(axes.flat, PROBE_PANELS.items()):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.2), squeeze=False)
+    for ax, (metric, title) in zip(axes.flat, panels.items()):
         for name, hist in histories.items():
             if metric not in hist:
                 continue
             legend = name
-            if changes and name in changes:
+            if changes and name in changes and metric in set(changes[name]["metric"]):
                 row = changes[name].set_index("metric").loc[metric]
                 legend += f": {row['delta']:+.3f} [{row['ci95_lo']:+.3f}, {row['ci95_hi']:+.3f}]"
             ax.plot(hist["step"], hist[metric], marker="o", ms=4, label=legend)

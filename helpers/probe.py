@@ -56,9 +56,19 @@ def run(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, backend: str 
     return df
 
 
-def summary(df) -> dict[str, float]:
-    """Mean of each probe metric over the questions."""
-    return {name: float(df[col].astype(float).mean()) for name, col in PROBE_METRICS.items() if col in df}
+def _floats(column):
+    """A probe column as floats. Probe CSVs are read back with keep_default_na=False (an answer "NA" stays text), so a
+    NaN score written as an empty cell comes back as "": that is NaN again here."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return column.astype(float)
+    return pd.Series([float("nan") if v == "" else float(v) for v in column], index=column.index, dtype=float)
+
+
+def summary(df, metrics: dict[str, str] = PROBE_METRICS) -> dict[str, float]:
+    """Mean of each probe metric (name -> per-question column) over the questions (NaN cells skipped)."""
+    return {name: float(_floats(df[col]).mean()) for name, col in metrics.items() if col in df}
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
@@ -83,23 +93,30 @@ def verdict(lo: float, hi: float) -> str:
     return "up" if lo > 0 else "down" if hi < 0 else "within noise"
 
 
-def changes(after, start, metrics: Sequence[str] = tuple(PROBE_METRICS), *, seed: int = 0,
-            names: tuple[str, str] = ("start", "after")):
-    """One row per metric: the two means, their difference (after minus start, paired by question), the
-    bootstrap 95 % interval and the verdict. `after` and `start` are probe DataFrames of the same questions."""
+def changes(after, start, metrics: Sequence[str] | None = None, *, seed: int = 0,
+            names: tuple[str, str] = ("start", "after"), columns: dict[str, str] = PROBE_METRICS,
+            key: str = "question", dropna: bool = False):
+    """One row per metric: the two means, their difference (after minus start, paired by `key`), the
+    bootstrap 95 % interval and the verdict. `after` and `start` are probe DataFrames of the same questions;
+    `columns` maps metric names to their per-question columns (PROBE_METRICS; the writing task has its own).
+    `dropna=True` pairs only the rows scored in both (column "n" says how many); otherwise a NaN is an error."""
+    import numpy as np
     import pandas as pd
 
-    if list(after["question"]) != list(start["question"]):
+    if list(after[key]) != list(start[key]):
         raise ValueError("The two probes were run on different questions: they cannot be paired.")
     rows = []
-    for name in metrics:
-        col = PROBE_METRICS[name]
+    for name in (metrics if metrics is not None else tuple(columns)):
+        col = columns[name]
         if col not in after or col not in start:
             continue
-        delta, lo, hi = paired_bootstrap(after[col].astype(float), start[col].astype(float), seed=seed)
-        rows.append({"metric": name, names[0]: float(start[col].astype(float).mean()),
-                     names[1]: float(after[col].astype(float).mean()), "delta": delta, "ci95_lo": lo, "ci95_hi": hi,
-                     "verdict": verdict(lo, hi)})
+        a, b = _floats(after[col]).to_numpy(), _floats(start[col]).to_numpy()
+        if dropna:
+            keep = np.isfinite(a) & np.isfinite(b)
+            a, b = a[keep], b[keep]
+        delta, lo, hi = paired_bootstrap(a, b, seed=seed)
+        rows.append({"metric": name, names[0]: float(b.mean()), names[1]: float(a.mean()), "delta": delta,
+                     "ci95_lo": lo, "ci95_hi": hi, "verdict": verdict(lo, hi), "n": int(a.size)})
     return pd.DataFrame(rows)
 
 
@@ -125,7 +142,7 @@ def load(run_dir: str | Path, label: str):
     return pd.read_csv(path, keep_default_na=False) if path.exists() else None
 
 
-def history(run_dir: str | Path):
+def history(run_dir: str | Path, metrics: dict[str, str] = PROBE_METRICS):
     """Probe metric means against GRPO step from a run directory: probe_start.csv at step 0, probe.csv (the
     checkpoints), probe_end.csv at the run's final step (train_summary.json). Empty when nothing was probed."""
     import json
@@ -135,7 +152,7 @@ def history(run_dir: str | Path):
     run_dir = Path(run_dir)
     rows = []
     if (run_dir / "probe_start.csv").exists():
-        rows.append({"step": 0, **summary(pd.read_csv(run_dir / "probe_start.csv", keep_default_na=False))})
+        rows.append({"step": 0, **summary(pd.read_csv(run_dir / "probe_start.csv", keep_default_na=False), metrics)})
     if (run_dir / "probe.csv").exists():
         try:
             rows += pd.read_csv(run_dir / "probe.csv").drop(columns=["seconds"], errors="ignore").to_dict("records")
@@ -144,18 +161,22 @@ def history(run_dir: str | Path):
     if (run_dir / "probe_end.csv").exists() and (run_dir / "train_summary.json").exists():
         steps = json.loads((run_dir / "train_summary.json").read_text()).get("steps")
         if steps is not None:
-            rows.append({"step": steps, **summary(pd.read_csv(run_dir / "probe_end.csv", keep_default_na=False))})
+            rows.append({"step": steps, **summary(pd.read_csv(run_dir / "probe_end.csv", keep_default_na=False),
+                                                  metrics)})
     if not rows:
-        return pd.DataFrame(columns=["step", *PROBE_METRICS])
+        return pd.DataFrame(columns=["step", *metrics])
     return pd.DataFrame(rows).drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
 
 
 def ProbeCallback(path: str | Path, tokenizer, rows: Sequence[dict], cfg: RunConfig, *,  # noqa: N802
-                  samples_dir: str | Path | None = None, every: int | None = None):
+                  samples_dir: str | Path | None = None, every: int | None = None, run_fn=None,
+                  metrics: dict[str, str] = PROBE_METRICS):
     """A TrainerCallback that runs the probe on the policy being trained at every `every`-th step (default: each
     checkpoint save) and appends {step, metric means, seconds} to `path` (probe.csv; the per-question answers go
     to samples_dir/probe_step<N>.csv). Step 0 and the last step are not recorded here: those are the start probe
-    (after the cold start) and the end probe, run once before and after training. Main process only, hf backend (on Unsloth, vLLM generates from saved adapters: probe those)."""
+    (after the cold start) and the end probe, run once before and after training. Main process only, hf backend (on Unsloth, vLLM generates from saved adapters: probe those).
+    `run_fn(model, rows, label)` -> per-question DataFrame replaces the GSM8K probe (`run`); `metrics` maps the
+    names recorded in probe.csv to its columns."""
     from transformers import TrainerCallback
 
     class _Probe(TrainerCallback):
@@ -183,9 +204,10 @@ def ProbeCallback(path: str | Path, tokenizer, rows: Sequence[dict], cfg: RunCon
 
         def _record(self, step: int, model) -> None:
             t0 = time.time()
-            df = run(model, tokenizer, rows, cfg, label=f"probe step {step}")
+            label = f"probe step {step}"
+            df = run_fn(model, rows, label) if run_fn else run(model, tokenizer, rows, cfg, label=label)
             if samples_dir is not None:
                 runtime.atomic_write_csv(Path(samples_dir) / f"probe_step{step:04d}.csv", df)
-            self.csv.append({"step": step, **summary(df), "seconds": round(time.time() - t0, 1)})
+            self.csv.append({"step": step, **summary(df, metrics), "seconds": round(time.time() - t0, 1)})
 
     return _Probe()

@@ -122,3 +122,42 @@ def test_probe_size_is_validated():
         config.validate(config.preset("smoke", probe_size=-1))
     config.validate(config.preset("smoke", probe_size=0))
     assert config.preset("smoke").probe_size == 4 and config.preset("cpu").probe_size == 100
+
+
+def test_changes_on_another_task_pairs_by_its_key_and_drops_unscored_rows_only_when_asked():
+    nan = float("nan")
+    cols = {"gain": "improvement_pct", "length": "plan_tokens"}
+    start = pd.DataFrame({"id": ["s1", "s2", "s3", "s4"], "improvement_pct": [-5.0, -4.0, nan, -6.0],
+                          "plan_tokens": [60, 62, 64, 58]})
+    after = pd.DataFrame({"id": ["s1", "s2", "s3", "s4"], "improvement_pct": [-1.0, 0.0, 2.0, -2.0],
+                          "plan_tokens": [40, 42, 44, 38]})
+    with pytest.raises(ValueError, match="non-finite"):  # by default an unscored row is an error, not skipped
+        probe.changes(after, start, columns=cols, key="id")
+    tab = probe.changes(after, start, columns=cols, key="id", dropna=True).set_index("metric")
+    assert tab.loc["gain", "n"] == 3 and tab.loc["gain", "delta"] == pytest.approx(4.0)  # s3 left unpaired
+    assert tab.loc["gain", "start"] == pytest.approx(-5.0) and tab.loc["gain", "verdict"] == "up"
+    assert tab.loc["length", "n"] == 4 and tab.loc["length", "delta"] == -20.0 and tab.loc["length", "verdict"] == "down"
+    with pytest.raises(ValueError, match="different questions"):
+        probe.changes(after, start.iloc[::-1], columns=cols, key="id", dropna=True)
+    assert probe.summary(after, cols) == {"gain": pytest.approx(-0.25), "length": 41.0}
+
+
+def test_probe_callback_with_a_task_probe(tmp_path):
+    from types import SimpleNamespace
+
+    cols = {"gain": "improvement_pct"}
+    seen = []
+
+    def run_fn(model, rows, label):
+        seen.append((model, tuple(rows), label))
+        return pd.DataFrame({"id": ["s1", "s2"], "improvement_pct": [1.0, 3.0]})
+
+    cb = probe.ProbeCallback(tmp_path / "probe.csv", None, ["r1"], config.preset("smoke"), run_fn=run_fn,
+                             metrics=cols)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, max_steps=5)
+    cb.on_train_begin(None, state, None)
+    state.global_step = 2
+    cb.on_save(None, state, None, model="policy")
+    assert seen == [("policy", ("r1",), "probe step 2")]
+    assert pd.read_csv(tmp_path / "probe.csv").drop(columns="seconds").to_dict("records") == [{"step": 2, "gain": 2.0}]
+    assert list(probe.history(tmp_path, cols).columns) == ["step", "gain"]
