@@ -95,9 +95,12 @@ def training_curves(runs: dict[str, str | Path], label: str, save_to: Sequence[s
     nrow = max(1, -(-len(cols) // ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
     for ax, col in zip(axes.flat, cols):
-        for name, df in frames.items():
-            if col in df:
-                ax.plot(df["step"], _smooth(df[col], smooth), label=name, lw=1.5)
+        logged = [name for name, df in frames.items() if col in df and df[col].notna().any()]
+        for name in logged:
+            ax.plot(frames[name]["step"], _smooth(frames[name][col], smooth), label=name, lw=1.5)
+        if not logged:  # e.g. kl with beta = 0: TRL computes no KL term and logs none
+            ax.text(0.5, 0.5, "not logged" + (" (β = 0: no KL term)" if col == "kl" else ""), ha="center",
+                    va="center", transform=ax.transAxes, fontsize=9, color="0.4")
         ax.set_title(col.replace("rewards/", "").replace("/mean", ""), fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

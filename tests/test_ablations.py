@@ -103,6 +103,15 @@ def test_grid_presets_are_valid_and_sized():
             assert {v["name"] for v in variants} <= full, f"{name} should be a subset of the full grid"
 
 
+def test_cpu_grid_runs_on_the_cpu_learning_budget():
+    from helpers import config
+
+    grid, cpu = ablations.base_config("cpu"), config.preset("cpu")
+    for name in ("learning_rate", "beta", "max_completion_length", "eval_max_new_tokens", "num_generations"):
+        assert getattr(grid, name) == getattr(cpu, name), name
+    assert grid.max_steps <= cpu.max_steps and grid.save_steps < grid.max_steps  # fewer steps: 3 variants in 30 min
+
+
 def test_full_grid_covers_the_issue():
     vs = [ablations.normalized_variant(v) for v in ablations.GRIDS["a100"]]
     assert {v["transform"] for v in vs} >= {"sum", "mean", "prob", "gmean_prob", "debiased", "clip"}

@@ -65,10 +65,9 @@ GRIDS: dict[str, list[dict]] = {
     # and off, scale_rewards off, the SFT-term trainer).
     "smoke": [_BY_NAME["mean"], {"name": "sum_only_noscale_sft", "transform": "sum", "format_rewards": False,
                                  "scale_rewards": False, "sft_weight": 0.1}],
-    # A 2-core laptop, SmolLM2-135M, 15 steps each (GRID_OVERRIDES). Measured on this project's 2-core
-    # machine: ~21 s per GRPO step with rule rewards (notebook 01, cpu preset), ~25 s with the logprob reward
-    # (notebook 02), ~3 min for the 40 SFT steps, ~1.5 min to evaluate 20 questions. Estimate:
-    # 3 variants × (15 × 25 s + 1.5 min) + SFT 3 min + start eval 1.5 min ≈ 29 min, resumable at any point.
+    # A 2-core laptop, SmolLM2-135M, 18 steps each (GRID_OVERRIDES). Measured on this project's 2-core machine,
+    # 2026-11-30: 24.2 min wall for the whole notebook (40 SFT steps ~2.7 min, each variant 353-397 s of GRPO at
+    # ~20 s/step plus ~30 s to evaluate 20 questions), resumable at any point.
     # It shows the central fact: with the same seed, sum and mean (std-scaled) give the same advantages,
     # hence the same updates and (up to float rounding) the same run; without the scaling they do not.
     "cpu": [_BY_NAME[n] for n in ("sum_only", "mean_only", "mean_only_noscale")],
@@ -88,10 +87,9 @@ GRIDS: dict[str, list[dict]] = {
 # Base-config overrides for the grid runs on top of the preset of the same name (shorter than a full run).
 GRID_OVERRIDES: dict[str, dict] = {
     "smoke": {},
-    # cpu: the budget the committed notebook-03 results were measured with (README), kept until the grid is re-run
-    # on the tuned cpu preset (lr 2e-4, beta 0).
-    "cpu": {"max_steps": 15, "save_steps": 5, "eval_size": 20, "learning_rate": 2e-5, "beta": 0.04,
-            "eval_max_new_tokens": 160, "eval_batch_size": 15},
+    # cpu: the cpu preset's learning budget (lr 2e-4, beta 0, 128-token completions), 18 steps per variant so that
+    # three variants fit in 30 minutes (README); at lr 2e-5 and beta 0.04 the variants barely moved.
+    "cpu": {"max_steps": 18, "save_steps": 6, "eval_size": 20},
     "t4": {"max_steps": 150, "save_steps": 25, "eval_size": 100},
     "a100": {"max_steps": 300, "save_steps": 50},
 }
