@@ -170,6 +170,9 @@ class MetricsCSV:
         self._write()
 
     def _write(self) -> None:
+        if not self.rows:  # no header-less empty CSV on disk (a reader would fail on it): no rows, no file
+            self.path.unlink(missing_ok=True)
+            return
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]

@@ -19,6 +19,11 @@ def test_metrics_csv_append_dedupes_and_truncates(tmp_path):
     df = pd.read_csv(tmp_path / "metrics.csv")
     assert list(df["step"]) == [1, 2]
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+    fresh = training.MetricsCSV(tmp_path / "probe.csv")  # a callback starting a run: nothing logged yet
+    fresh.truncate_after(0)
+    assert not (tmp_path / "probe.csv").exists()  # no empty, unparseable CSV (a kill before the first row)
+    again.truncate_after(0)  # resumed from step 0: every row belongs to a lost future
+    assert not (tmp_path / "metrics.csv").exists()
 
 
 def test_latest_checkpoint_ignores_incomplete(tmp_path):
@@ -67,3 +72,23 @@ def test_smoke_grpo_resumes_and_does_not_retrain(tmp_path, monkeypatch):
 
     third = training.train_grpo(cfg2, model, tok, funcs, ds, tmp_path)
     assert third.status == "already finished"
+
+
+def test_stage_reward_builders_are_the_ones_notebooks_01_and_02_train_with():
+    """pipeline.rule_stage_rewards / logprob_stage_rewards: what run_rule_stage, run_logprob_stage and
+    benchmarks/learning.py all train with (one definition, so the benchmark measures the notebooks' rewards)."""
+    from types import SimpleNamespace
+
+    from helpers import pipeline
+
+    rule = rewards.rule_reward_funcs("reasoning")
+    exp = SimpleNamespace(model=object(), tokenizer=None, rule_rewards=lambda: rule)
+    funcs, extra = pipeline.rule_stage_rewards(exp)
+    assert funcs == list(rule.values()) and extra is None
+    funcs, extra = pipeline.logprob_stage_rewards(exp, "mean")
+    assert funcs[:-1] == list(rule.values()) and funcs[-1].__name__ == "logprob_mean_reward"
+    assert extra == funcs[-1].stats.flush
+    weights = pipeline.logprob_weights("mean")
+    assert weights["correctness_reward"] == 0.0 and weights["logprob_mean_reward"] == 1.0  # logged, not trained on
+    with pytest.raises(config.ConfigError, match="transform"):
+        pipeline.logprob_stage_rewards(exp, "median")

@@ -346,3 +346,40 @@ def test_hub_stories_are_split_and_capped_without_downloading(monkeypatch):
     assert len(rows) == 3 and all(r["opening"] and r["continuation"] and r["plan"] == "" for r in rows)
     assert rows[0]["id"] == "tinystories-validation-1"  # the unsplittable first story was skipped
     assert writing.sft_grpo_split(rows, cold_start=True) == ([], rows)  # no plans: no cold start
+
+
+def test_cpu_writing_budget_is_the_cpu_learning_budget():
+    cfg, base = writing.writing_config("cpu"), config.preset("cpu")
+    for name in ("learning_rate", "beta", "max_steps", "save_steps", "num_generations"):
+        assert getattr(cfg, name) == getattr(base, name), name
+    assert cfg.save_steps < cfg.max_steps  # at least one checkpoint is probed between the start and the end
+
+
+def test_writing_probe_reuses_the_evaluations_and_pairs_by_story(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from helpers import probe
+
+    exp = object.__new__(writing.WritingExperiment)
+    exp.cfg, exp.is_main, exp.run_dir, exp.probes, exp.evals = writing.writing_config("smoke"), True, tmp_path, {}, {}
+    calls = []
+
+    def fake_evaluate(label, rows=None, *, reuse=True):
+        calls.append(label)
+        gain = {"after_sft": [-5.0, -3.0, float("nan")], "after": [-1.0, 0.0, 4.0]}[label]
+        return {}, pd.DataFrame({"id": ["s1", "s2", "s3"], "improvement_pct": gain, "improvement_pct_frozen": gain,
+                                 "lp_plan": [-2.0, -2.0, -2.0], "plan_tokens": [60, 50, 40],
+                                 "plan_ok": [1.0, 1.0, 0.0]})
+
+    monkeypatch.setattr(exp, "evaluate", fake_evaluate)
+    exp.probe("start")
+    exp.probe("end")
+    exp.probe("end")  # cached in probe_end.csv: not evaluated again
+    assert calls == ["after_sft", "after"]  # the start probe is the after-cold-start evaluation, not a new one
+    tab = exp.probe_changes().set_index("metric")
+    assert tab.loc["improvement_pct", "n"] == 2 and tab.loc["improvement_pct", "delta"] == pytest.approx(3.5)
+    assert tab.loc["plan_tokens", "delta"] == 0.0 and tab.loc["plan_tokens", "verdict"] == "within noise"
+    (tmp_path / "train_summary.json").write_text('{"steps": 25}')
+    hist = exp.probe_history()
+    assert list(hist["step"]) == [0, 25] and hist["plan_tokens"].tolist() == [50.0, 50.0]
+    assert set(writing.PROBE_PANELS) <= set(writing.PROBE_METRICS) and list(probe.PROBE_METRICS)[0] == "format_rate"

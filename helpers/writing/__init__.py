@@ -26,7 +26,7 @@ from .stories import (split_sentences, split_story, trim_to_tokens, is_heldout, 
     load_bundled_stories, load_hub_stories, load_for_run, make_prompt, format_example, grpo_dataset, sft_dataset)
 from .plans import extract_continuation, extract_plan, limit_plan, plan_context
 from .reward import mean_logprob, relative_improvement, vrcli_bucket, writing_reward
-from .evaluation import before_after_pairs, distinct_n, evaluate, score_plans, summarize
+from .evaluation import PROBE_METRICS, PROBE_PANELS, before_after_pairs, distinct_n, evaluate, score_plans, summarize
 from .judge import JUDGE_PROMPT, judge_preferences, load_judge
 from .curves import writing_curves
 from .experiment import WritingExperiment, cold_start_rows, run_writing_stage, sft_grpo_split
@@ -37,7 +37,7 @@ __all__ = [
     "split_sentences", "split_story", "trim_to_tokens", "is_heldout", "heldout_split", "load_bundled_stories",
     "load_hub_stories", "load_for_run", "make_prompt", "format_example", "grpo_dataset", "sft_dataset",
     "extract_continuation", "extract_plan", "limit_plan", "plan_context", "mean_logprob",
-    "relative_improvement", "vrcli_bucket", "writing_reward", "before_after_pairs", "distinct_n", "evaluate",
+    "relative_improvement", "vrcli_bucket", "writing_reward", "PROBE_METRICS", "PROBE_PANELS", "before_after_pairs", "distinct_n", "evaluate",
     "score_plans", "summarize", "JUDGE_PROMPT", "judge_preferences", "load_judge", "writing_curves",
     "WritingExperiment", "cold_start_rows", "run_writing_stage", "sft_grpo_split",
 ]

@@ -12,6 +12,19 @@ from .plans import extract_continuation, extract_plan, limit_plan, plan_context
 from .reward import mean_logprob, relative_improvement
 from .stories import make_prompt
 
+# The writing probe (WritingExperiment.probe): metric name -> per-story column of `evaluate`'s DataFrame
+PROBE_METRICS = {
+    "improvement_pct": "improvement_pct",  # I of the model's own plan over no plan, scored by the policy
+    "improvement_pct_frozen": "improvement_pct_frozen",  # the same, scored with the adapter off
+    "reference_logprob": "lp_plan",  # mean token log-prob of the reference given the own plan (the reward)
+    "plan_tokens": "plan_tokens",
+    "format_rate": "plan_ok",
+}
+PROBE_PANELS = {"improvement_pct": "improvement of own plan over no plan (%)",
+                "improvement_pct_frozen": "the same, frozen scorer (%)",
+                "plan_tokens": "plan length (tokens)"}
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Unique word n-grams / all word n-grams over `texts` (1.0 = no repetition; nan if no n-gram)."""
     grams: list[tuple[str, ...]] = []
@@ -55,7 +68,7 @@ def evaluate(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, backend:
         story = extract_continuation(t)
         records.append({"id": r["id"], "opening": r["opening"], "reference": r["continuation"],
                         "author_plan": r.get("plan", ""), "completion": t, "plan": plan, "plan_status": status,
-                        "plan_tokens": n, "plan_truncated": cut, "story": story,
+                        "plan_ok": float(status == "ok"), "plan_tokens": n, "plan_truncated": cut, "story": story,
                         "story_words": len(re.findall(r"[\w']+", story)),
                         "distinct_1": distinct_n([story], 1), "distinct_2": distinct_n([story], 2)})
     df = pd.DataFrame.from_records(records)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .. import pipeline, plots
+from .. import pipeline, plots, probe
 from ..config import RunConfig
 from .curves import writing_curves
-from .evaluation import evaluate, summarize
+from .evaluation import PROBE_METRICS, evaluate, summarize
 from .reward import writing_reward
 from .stories import format_example, grpo_dataset, load_for_run, sft_dataset, trim_to_tokens
 
@@ -70,6 +70,29 @@ class WritingExperiment(pipeline.Experiment):
     def summarize(df, label: str) -> dict:
         return summarize(df, label)
 
+    # The probe (pipeline.Experiment.probe): the held-out stories, evaluated as in `evaluate`. The start and end
+    # probes are the after-cold-start and after-GRPO evaluations themselves (no second generation); the checkpoints
+    # are probed during training (probe_callbacks). A story whose reference does not fit is NaN and left unpaired.
+    probe_metrics = PROBE_METRICS
+    probe_key = "id"
+    probe_dropna = True
+
+    def probe_rows(self):
+        return self.test_rows
+
+    def run_probe(self, model, rows, label: str, lora_path=None):
+        return evaluate(model, self.tokenizer, rows, self.cfg, backend=self.backend, label=label,
+                        lora_path=lora_path)[1]
+
+    def probe(self, label: str):
+        """"start": the evaluation after the cold start (before GRPO; "before" when there is no cold start), "end":
+        the evaluation after GRPO; saved as probe_<label>.csv for probe_history. None when cfg.probe_size is 0."""
+        if not self.cfg.probe_size or not self.is_main:
+            return None
+        ev = "after" if label == "end" else "after_sft" if self.cfg.sft_steps else "before"
+        df = probe.cached(self.run_dir / f"probe_{label}.csv", lambda: self.evaluate(ev)[1])
+        return self._keep_probe(label, df)
+
     def plot_curves(self, metrics_csv, save_to):
         kind = next((f.split("_")[1] for f in self.cfg.reward_weights if f.startswith("writing_")), "mean")
         writing_curves(metrics_csv, kind, self.label, save_to=save_to)
@@ -87,7 +110,8 @@ def sft_grpo_split(train: Sequence[dict], cold_start: bool) -> tuple[list[dict],
 
 
 def run_writing_stage(cfg: RunConfig, kind: str = "mean", **kw):
-    """Notebook 04 end to end: held-out eval, cold start, GRPO with the writing reward, eval, report."""
+    """Notebook 04 end to end: held-out eval, cold start, GRPO with the writing reward (the held-out stories probed
+    at each checkpoint), eval, report, the probe's changes (after GRPO minus after cold start)."""
     from ..rewards import soft_format_reward, strict_format_reward
 
     exp = WritingExperiment(cfg, **kw)
@@ -95,8 +119,12 @@ def run_writing_stage(cfg: RunConfig, kind: str = "mean", **kw):
     exp.cold_start()
     if cfg.sft_steps:
         exp.evaluate("after_sft")
+    exp.probe("start")
     wr = writing_reward(exp.model, exp.tokenizer, kind, max_plan_tokens=cfg.max_plan_tokens)
-    exp.train([strict_format_reward, soft_format_reward, wr], extra_metrics=wr.stats.flush)
+    exp.train([strict_format_reward, soft_format_reward, wr], extra_metrics=wr.stats.flush,
+              extra_callbacks=exp.probe_callbacks())
     exp.evaluate("after")
     exp.report("04")
+    if exp.probe("end") is not None:
+        exp.probe_changes()
     return exp
