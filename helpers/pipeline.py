@@ -196,7 +196,7 @@ class Experiment:
             return []
         return [probe.ProbeCallback(self.run_dir / "probe.csv", self.tokenizer, self.probe_rows(), self.cfg,
                                     samples_dir=self.run_dir / "probe_steps", metrics=self.probe_metrics,
-                                    run_fn=lambda model, rows, label: self.run_probe(model, rows, label))]
+                                    run_fn=self.run_probe)]
 
     def probe_changes(self):
         """After GRPO minus after cold start, per probe metric, with the paired bootstrap 95 % interval and a
