@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import config as config_mod
-from . import evaluation, pipeline, plots, probe, rerank, runtime, sft_select, steps, training
+from . import evaluation, pipeline, plots, probe, rerank, runtime, selfcheck, sft_select, steps, training
 from .config import ConfigError, RunConfig
 
 RUN_NAME = "05_beyond"
@@ -219,8 +219,6 @@ class BeyondExperiment(pipeline.Experiment):
     def check_reference(self) -> dict:
         """Self-check, once per adapter, before an implicit reward is computed: the scorer with the adapter off
         differs from the scorer with it on (`selfcheck.check_reference`)."""
-        from . import selfcheck
-
         return self._check_once(f"reference:{self.current_adapter}",
                                 f"implicit-reward reference for {Path(str(self.current_adapter)).name}",
                                 lambda: selfcheck.check_reference(self.model, self.tokenizer))
