@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig
+from .tokens import encode_pair
 
 BUNDLED_DIR = Path(__file__).parent / "data_files" / "gsm8k"
 BUNDLED_FILES = {"test": "test.jsonl", "train": "train_subset.jsonl"}
@@ -271,8 +272,6 @@ def tokenized_sft_dataset(dataset, tokenizer, max_length: int | None = None):
     The text is the chat template of prompt + completion; prompt and completion are tokenized jointly and
     split where the completion's characters begin (as the logprob scorer does)."""
     from datasets import Dataset
-
-    from .logprob import encode_pair
 
     rows = []
     for i, ex in enumerate(dataset):

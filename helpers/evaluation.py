@@ -10,6 +10,7 @@ from typing import Sequence
 
 from .config import RunConfig
 from .data import extract_answer, extract_gold, extract_last_number, make_prompt
+from .rerank import own_answer_scores, pass_at_k, samples_style  # the last two re-exported (rerank owns them)
 from .rewards import answers_match, rule_reward_funcs
 from .runtime import atomic_write_csv
 
@@ -136,19 +137,6 @@ def summarize(df, label: str = "") -> dict:
     }
 
 
-def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
-    """Unbiased pass@k estimator (Chen et al. 2021) for one question: 1 - C(n-c, k) / C(n, k), the chance that
-    k of the n samples drawn without replacement hold at least one correct one. ValueError unless
-    0 <= c <= n and 1 <= k <= n (pass@k of more samples than were drawn is not estimable)."""
-    from math import comb
-
-    if not (0 <= num_correct <= num_samples and 1 <= k <= num_samples):
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={num_samples}, c={num_correct}, k={k}")
-    if num_samples - num_correct < k:
-        return 1.0
-    return 1.0 - comb(num_samples - num_correct, k) / comb(num_samples, k)
-
-
 def comparison_table(summaries: Sequence[dict], path: str | Path | None = None):
     """One row per evaluated model (e.g. before / after); saved as CSV when `path` is given."""
     import pandas as pd
@@ -203,13 +191,6 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def samples_style(samples, tag_style: str | None = None) -> str:
-    """The tag style the samples were generated with: given, else sample_groups' column, else "reasoning"."""
-    if tag_style is not None:
-        return tag_style
-    return str(samples["tag_style"].iloc[0]) if "tag_style" in samples and len(samples) else "reasoning"
-
-
 def add_logprob_scores(model, tokenizer, samples, transforms: Sequence[str] = ("sum", "mean"), batch_size: int = 8,
                        tag_style: str | None = None):
     """Add the logprob reward of each sample (gold given its own reasoning) under each transform, in place.
@@ -253,8 +234,6 @@ def best_of_n(model, tokenizer, samples, batch_size: int = 8, tag_style: str | N
     """Accuracy when picking one of N samples by: the first sample, majority vote over answers, and the
     model's confidence in its *own* answer (mean token log-prob of that answer given its own reasoning)."""
     from collections import Counter
-
-    from .rerank import own_answer_scores
 
     samples = samples.assign(confidence=own_answer_scores(model, tokenizer, samples, tag_style, transform="mean",
                                                           batch_size=batch_size))

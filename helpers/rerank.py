@@ -9,6 +9,9 @@ Scores for reranking (one float per row, -inf where a row cannot be scored, neve
 - `own_answer_scores`: log P(own answer | prompt, own reasoning), the logprob reward with the model's own
   answer in place of the gold one;
 - `implicit_reward_scores`: log pi_SFT(y|x) - log pi_ref(y|x) over the completion's tokens (see there).
+
+`pass_at_k` and `samples_style` live here and `helpers.evaluation` re-exports them (its `best_of_n` uses
+`own_answer_scores`): imports run evaluation -> rerank only.
 """
 from __future__ import annotations
 
@@ -16,14 +19,31 @@ import math
 from contextlib import nullcontext
 from typing import Sequence
 
-from .evaluation import pass_at_k, samples_style
 from .rewards import MAX_ANSWER_CHARS, single_answer
 
 NEG_INF = float("-inf")
 
 
+def samples_style(samples, tag_style: str | None = None) -> str:
+    """The tag style the samples were generated with: given, else sample_groups' column, else "reasoning"."""
+    if tag_style is not None:
+        return tag_style
+    return str(samples["tag_style"].iloc[0]) if "tag_style" in samples and len(samples) else "reasoning"
+
+
 # ---------------------------------------------------------------------------------------
 # pass@k, maj@k
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """Unbiased pass@k estimator (Chen et al. 2021) for one question: 1 - C(n-c, k) / C(n, k), the chance that
+    k of the n samples drawn without replacement hold at least one correct one. ValueError unless
+    0 <= c <= n and 1 <= k <= n (pass@k of more samples than were drawn is not estimable)."""
+    if not (0 <= num_correct <= num_samples and 1 <= k <= num_samples):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={num_samples}, c={num_correct}, k={k}")
+    if num_samples - num_correct < k:
+        return 1.0
+    return 1.0 - math.comb(num_samples - num_correct, k) / math.comb(num_samples, k)
+
+
 def answer_key(answer) -> object | None:
     """The vote an answer casts: its value when it commits to one (`rewards.single_answer`: "18", "$18.00" and
     "36/2" vote together), the expression text for a LaTeX/arithmetic answer, None for a missing answer."""
