@@ -1,20 +1,20 @@
 import pytest
 
-RESOLVER_TEST = "test_colab_requirements_resolve_for_colab_platform"
-_STARTED: list = []  # the module whose background resolution was started
+RESOLVER_MODULE = "test_colab_requirements.py"
+_STARTED: list = []  # the module whose background resolutions were started
 
 
-@pytest.hookimpl(trylast=True)  # after -m / -k deselection: only a test that will run starts it
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: only tests that will run start it
 def pytest_collection_modifyitems(session, config, items):
-    """When the Colab resolver test is selected, start its download-bound pip run now, in the background, and move
-    the test to the end of the run, where it only collects the result: its wall time overlaps the CPU-bound
-    tests instead of adding to them (tests/test_colab_requirements.py)."""
-    for i, item in enumerate(items):
-        if item.name == RESOLVER_TEST and not item.get_closest_marker("skip"):
-            item.module.start_resolution()
-            _STARTED.append(item.module)
-            items.append(items.pop(i))
-            break
+    """When a Colab resolver test (marked `network` in tests/test_colab_requirements.py) is selected, start the
+    index-bound pip runs now, in the background, and move those tests to the end of the run, where they only collect
+    the results: their wall time overlaps the CPU-bound tests instead of adding to them."""
+    resolver = [item for item in items if item.fspath.basename == RESOLVER_MODULE
+                and item.get_closest_marker("network") and not item.get_closest_marker("skip")]
+    if resolver:
+        resolver[0].module.start_resolution()
+        _STARTED.append(resolver[0].module)
+        items[:] = [item for item in items if item not in resolver] + resolver
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -92,8 +92,10 @@ def normalize(name: str) -> str:
 
 
 def colab_pins() -> dict[str, str]:
+    """Pins of requirements-colab.txt and requirements-colab-nodeps.txt (Unsloth is in the second)."""
     pins = {}
-    for raw in COLAB_REQUIREMENTS.read_text(encoding="utf-8").splitlines():
+    files = (COLAB_REQUIREMENTS, COLAB_REQUIREMENTS.with_name("requirements-colab-nodeps.txt"))
+    for raw in (line for path in files for line in path.read_text(encoding="utf-8").splitlines()):
         text = raw.split("#", 1)[0].strip()
         if "==" in text:
             name, version = text.split("==", 1)
@@ -425,3 +427,35 @@ def test_is_bf16_supported_is_only_fixed_once_unsloth_is_imported():
         init = wheel.read("unsloth/__init__.py").decode("utf-8")
     assert "SUPPORTS_BFLOAT16 = (major_version >= 8)" in init and "including_emulation" in init
     assert "torch.cuda.is_bf16_supported = is_bf16_supported" in init
+
+
+PROTOBUF_IMPORT = re.compile(r"^\s*(?:import\s+(?:google\.protobuf|protobuf)\b|from\s+google\.protobuf\b|"
+                             r"from\s+google\s+import\s+protobuf\b|from\s+protobuf\b)", re.M)
+
+
+@pytest.mark.parametrize("package", ["unsloth_zoo", "unsloth"])
+def test_unsloth_never_imports_protobuf_so_its_protobuf_pin_can_be_skipped(package):
+    """unsloth_zoo 2025.6.8 declares protobuf<4.0.0; requirements-colab-nodeps.txt installs it with --no-deps so
+    that Colab's protobuf (5.29) is not downgraded to 3.20 for it. That is sound only while neither wheel imports
+    protobuf: no `import google.protobuf` / `from google.protobuf` anywhere in their sources, nor a dynamic
+    importlib.import_module of it."""
+    wheel = wheel_for(package)
+    offenders = []
+    with zipfile.ZipFile(wheel) as archive:
+        sources = [n for n in archive.namelist() if n.endswith(".py")]
+        for name in sources:
+            text = archive.read(name).decode("utf-8", "replace")
+            for match in PROTOBUF_IMPORT.finditer(text):
+                offenders.append(f"{name}: {match.group(0).strip()}")
+            if re.search(r"import_module\(\s*['\"](?:google\.)?protobuf", text):
+                offenders.append(f"{name}: import_module(protobuf)")
+    assert len(sources) > 10, f"{wheel.name}: no sources read"
+    assert not offenders, f"{wheel.name} imports protobuf, so its declared bound matters:\n" + "\n".join(offenders)
+
+
+def test_protobuf_import_pattern_catches_imports_and_nothing_else():
+    for line in ("import google.protobuf", "from google.protobuf import descriptor_pb2", "  from google import protobuf",
+                 "import protobuf as pb", "from google.protobuf.internal import builder"):
+        assert PROTOBUF_IMPORT.search(line), line
+    for line in ("# needs protobuf<4", "x = 'google.protobuf'", "import googleapiclient", "from google.colab import drive"):
+        assert not PROTOBUF_IMPORT.search(line), line

@@ -1,18 +1,19 @@
-"""Checks on requirements-colab.txt, the pinned Google Colab GPU stack.
+"""Checks on requirements-colab.txt (+ requirements-colab-nodeps.txt), the pinned Google Colab GPU stack.
 
 1. Every requirement line is ``name==version``; vLLM and torch carry the pins vLLM needs.
 2. trl / transformers / peft (and every other package pinned in both files, torch
    excepted) have the same pins as requirements-cpu.txt.
-3. pip's resolver accepts the whole set for Colab's platform (CPython 3.12,
-   manylinux x86_64, wheels only), in dry-run mode: nothing is installed.
+3. For each supported Colab runtime version (2025.07: Python 3.11; 2026.07: Python 3.12), pip's resolver
+   accepts the set on that runtime's Python *with that runtime's preinstalled packages in place*
+   (scripts/colab_resolve.py: a venv of metadata-only copies of its pip-freeze list, tests/data/colab/),
+   every requirement Unsloth declares is met except the protobuf<4 it is installed without, and what the
+   install downgrades among the run-time packages is named in the README. The output lists what is replaced.
+4. Colab's default runtime (Python 3.13): the pins do not resolve there, and the setup cell refuses it.
 
-Test 3 needs the package registry. It is skipped only when the registry cannot be
-reached; any other resolver failure fails the test with the tail of pip's output.
-Run with ``pytest -s`` to see how many packages were resolved and how long it took.
-
-Cost of test 3: pip needs every candidate's metadata; when the index does not serve
-PEP 658 metadata files, pip 23.x downloads each candidate wheel in full (torch alone is
-767 MB). On the project's machines that is about 4.3 GB and 70-135 s per run.
+Tests 3-4 need the package registry. They are skipped only when the registry cannot be reached; any other
+resolver failure fails the test with the tail of pip's output. Run with ``pytest -s`` to see the changes.
+The resolutions start in the background when the tests are collected (tests/conftest.py) and take about
+10 s each once pip has cached the metadata (PEP 658 metadata files; a first run downloads more).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_REQUIREMENTS = ROOT / "requirements-colab.txt"
+NODEPS_REQUIREMENTS = ROOT / "requirements-colab-nodeps.txt"
 CPU_REQUIREMENTS = ROOT / "requirements-cpu.txt"
 
 # Pins that the rest of the Colab stack depends on (vllm 0.8.5.post1 requires torch==2.6.0).
@@ -48,17 +50,6 @@ REQUIRED_PACKAGES = (
 MUST_MATCH_CPU = ("trl", "transformers", "peft")
 # Pinned in both files on purpose with different versions (CPU build vs CUDA build).
 MAY_DIFFER_FROM_CPU = frozenset({"torch", "torchvision", "torchaudio"})
-
-# Colab: CPython 3.12 on Ubuntu 22.04 (glibc 2.35), x86_64.
-TARGET_PYTHON = "3.12"
-TARGET_ABI = "cp312"
-# pip does not expand a manylinux_2_28 platform to older glibc tags by itself, so
-# every compatible manylinux tag is listed (bitsandbytes ships manylinux_2_24 only).
-TARGET_PLATFORMS = (
-    [f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)]
-    + ["manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64",
-       "manylinux_2_5_x86_64", "manylinux1_x86_64", "linux_x86_64", "any"]
-)
 
 RESOLVE_TIMEOUT_S = 900
 PROBE_TIMEOUT_S = 120
@@ -136,7 +127,11 @@ def loose_pins(path: Path) -> dict[str, str]:
 
 def test_colab_requirements_are_all_exact_pins():
     pins, bad = strict_pins(COLAB_REQUIREMENTS)
+    nodeps, bad_nodeps = strict_pins(NODEPS_REQUIREMENTS)
+    bad += bad_nodeps + [f"{name} pinned in both Colab files" for name in pins.keys() & nodeps.keys()]
+    pins = {**pins, **nodeps}
     assert not bad, "every requirement line must be name==version:\n" + "\n".join(bad)
+    assert set(nodeps) == {"unsloth", "unsloth-zoo"}, "only Unsloth is installed with --no-deps"
     assert pins, "requirements-colab.txt pins nothing"
     for name, version in REQUIRED_PINS.items():
         assert pins.get(name) == version, f"expected {name}=={version}, found {pins.get(name)}"
@@ -172,34 +167,14 @@ def test_packages_pinned_in_both_files_agree():
 
 # --------------------------------------------------------------------------- 3. resolver
 
+import importlib.util  # noqa: E402
 
-# pip settings worth keeping from the machine's pip config: how to reach the index.
-NETWORK_SETTINGS = ("index-url", "cert", "client-cert", "trusted-host", "proxy")
+_spec = importlib.util.spec_from_file_location("colab_resolve", ROOT / "scripts" / "colab_resolve.py")
+colab_resolve = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("colab_resolve", colab_resolve)
+_spec.loader.exec_module(colab_resolve)
 
-
-@functools.lru_cache(maxsize=None)
-def pip_env() -> dict[str, str]:
-    """Environment for pip: the machine's index and TLS settings, nothing else from its config.
-
-    A pip config file may carry a constraint file (this machine caps torch for its own
-    venv) or local find-links / extra indexes; they must not decide what resolves for
-    Colab. So config files are switched off, and only the settings that say how to reach
-    the index (NETWORK_SETTINGS) are carried over as PIP_* variables.
-    """
-    env = dict(os.environ)
-    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                            capture_output=True, text=True, env=env, timeout=60)
-    for line in listed.stdout.splitlines():
-        match = re.match(r"^[^.]*\.([a-z-]+)='(.*)'$", line.strip())
-        if match and match[1] in NETWORK_SETTINGS:
-            env.setdefault("PIP_" + match[1].upper().replace("-", "_"), match[2])
-    env["PIP_CONFIG_FILE"] = os.devnull
-    for key in ("PIP_CONSTRAINT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX",
-                "PIP_REQUIREMENT", "PIP_TARGET", "PIP_PREFIX", "PIP_USER", "PIP_REQUIRE_VIRTUALENV"):
-        env.pop(key, None)
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    env["PIP_NO_INPUT"] = "1"
-    return env
+pip_env = colab_resolve.pip_env
 
 
 def tail(text: str, lines: int = 40) -> str:
@@ -228,102 +203,98 @@ def registry_unreachable() -> str | None:
     return None
 
 
-def resolver_command(requirements: Path, target: str) -> list[str]:
-    cmd = [
-        sys.executable, "-m", "pip", "install",
-        "--dry-run", "--ignore-installed",
-        # pip < 23.3 refuses --platform/--abi for `install` without --target, even
-        # with --dry-run; nothing is written there.
-        "--target", target,
-        "--only-binary=:all:",
-        "--python-version", TARGET_PYTHON,
-        "--implementation", "cp",
-        "--abi", TARGET_ABI,
-    ]
-    for platform in TARGET_PLATFORMS:
-        cmd += ["--platform", platform]
-    cmd += ["--quiet", "--report", "-", "-r", str(requirements)]
-    return cmd
-
-
-# The resolution is mostly downloading (see the module docstring), so the suite starts it in the background as
-# soon as this test is collected (tests/conftest.py) and the test only waits for it: its download time overlaps
-# the CPU-bound tests instead of adding to the suite's wall time.
-_BACKGROUND: dict = {}
+# The resolutions are mostly waiting on the index, so the suite starts them in the background as soon as these
+# tests are collected (tests/conftest.py) and the tests only wait: their time overlaps the CPU-bound tests.
+_JOBS: dict = {}
 
 
 def start_resolution() -> None:
-    """Start pip's dry-run resolution of requirements-colab.txt in the background (once)."""
-    if _BACKGROUND:
+    """Start the dry-run resolution for every runtime (supported ones and the default one) in the background, once."""
+    if _JOBS:
         return
-    target = tempfile.mkdtemp(prefix="colab-resolve-")
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(resolver_command(COLAB_REQUIREMENTS, target), stdout=out, stderr=err, text=True,
-                            env=pip_env())
-    _BACKGROUND.update(proc=proc, target=target, out=out, err=err, started=time.monotonic())
+    for runtime in colab_resolve.ALL_RUNTIMES:
+        try:
+            _JOBS[runtime] = colab_resolve.Job(runtime).start()
+        except Exception as exc:  # noqa: BLE001 - e.g. the pip wheel could not be fetched: the test reports it
+            _JOBS[runtime] = exc
 
 
 def stop_resolution() -> None:
-    """Kill a background resolution that is still running (the session ends without the test, or it skipped)."""
-    proc = _BACKGROUND.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if _BACKGROUND:
-        import shutil
-
-        shutil.rmtree(_BACKGROUND["target"], ignore_errors=True)
-    _BACKGROUND.clear()
+    """Kill resolutions still running (the session ends without the tests, or they skipped)."""
+    for job in _JOBS.values():
+        if isinstance(job, colab_resolve.Job):
+            job.kill()
+    _JOBS.clear()
 
 
-def resolve_colab_requirements() -> tuple[int, str, str, float]:
-    """(exit code, stdout, stderr, seconds since the start) of the resolution: the background one when the suite
-    started it, else run now. pytest.fail when it runs past RESOLVE_TIMEOUT_S."""
+def resolution(runtime: str):
     start_resolution()
-    proc, started = _BACKGROUND["proc"], _BACKGROUND["started"]
-    try:
-        proc.wait(timeout=max(1.0, RESOLVE_TIMEOUT_S - (time.monotonic() - started)))
-    except subprocess.TimeoutExpired:
-        _BACKGROUND["err"].seek(0)
-        stderr = _BACKGROUND["err"].read()
-        stop_resolution()
-        pytest.fail(f"pip's resolver did not finish in {RESOLVE_TIMEOUT_S}s:\n{tail(stderr)}")
-    elapsed = time.monotonic() - started
-    outputs = []
-    for name in ("out", "err"):
-        _BACKGROUND[name].seek(0)
-        outputs.append(_BACKGROUND[name].read())
-    code = proc.returncode
-    stop_resolution()
-    return code, outputs[0], outputs[1], elapsed
+    job = _JOBS[runtime]
+    if isinstance(job, Exception):
+        pytest.fail(f"could not start the resolution for runtime {runtime}: {job}")
+    return job.result(timeout=RESOLVE_TIMEOUT_S)
 
 
-@pytest.mark.network
-def test_colab_requirements_resolve_for_colab_platform():
+def skip_if_offline():
     reason = registry_unreachable()
     if reason:
         stop_resolution()
         pytest.skip(reason)
 
-    code, stdout, stderr, elapsed = resolve_colab_requirements()
-    if code != 0:
-        if looks_like_network_failure(stderr) and registry_unreachable.__wrapped__():
-            pytest.skip(f"package registry became unreachable during resolution:\n{tail(stderr, 8)}")
-        pytest.fail(
-            f"pip could not resolve {COLAB_REQUIREMENTS.name} for CPython {TARGET_PYTHON} "
-            f"manylinux x86_64 (exit {code}, {elapsed:.0f}s since it started):\n{tail(stderr)}"
-        )
 
-    report = json.loads(stdout)
-    resolved = {normalize(item["metadata"]["name"]): item["metadata"]["version"]
-                for item in report["install"]}
-    print(f"\npip resolved {len(resolved)} packages for {COLAB_REQUIREMENTS.name} "
-          f"(CPython {TARGET_PYTHON}, manylinux x86_64, wheels only) in {elapsed:.1f}s since it started")
+README = ROOT / "README.md"
 
-    pins, _ = strict_pins(COLAB_REQUIREMENTS)
-    wrong = {name: (version, resolved.get(name)) for name, version in pins.items()
-             if resolved.get(name) != version}
-    assert not wrong, f"resolved versions differ from pins (pinned, resolved): {wrong}"
-    not_wheels = [item["download_info"]["url"] for item in report["install"]
-                  if not item["download_info"]["url"].endswith(".whl")]
-    assert not not_wheels, f"resolver picked non-wheel files: {not_wheels}"
+
+@pytest.mark.network
+@pytest.mark.parametrize("runtime", list(colab_resolve.RUNTIMES))
+def test_pins_resolve_on_each_supported_runtime_over_its_preinstalled_packages(runtime):
+    skip_if_offline()
+    res = resolution(runtime)
+    if not res.ok:
+        if looks_like_network_failure(res.stderr) and registry_unreachable.__wrapped__():
+            pytest.skip(f"package registry became unreachable during resolution:\n{tail(res.stderr, 8)}")
+        pytest.fail(f"pip could not resolve the Colab requirements on runtime {runtime} "
+                    f"(Python {res.python}, exit {res.returncode}):\n{tail(res.stderr)}")
+    print("\n" + res.summary())
+    assert res.interpreter, f"no Python {res.python} here: markers were evaluated for this interpreter instead"
+    assert len(res.preinstalled) > 500, "the runtime's pip-freeze list was not read"
+
+    final = res.final_environment()
+    pins = {**strict_pins(COLAB_REQUIREMENTS)[0], **strict_pins(NODEPS_REQUIREMENTS)[0]}
+    wrong = {name: (version, final.get(name)) for name, version in pins.items()
+             if final.get(name, "").split("+")[0] != version}
+    assert not wrong, f"after the install these differ from the pins (pinned, present): {wrong}"
+    unmet = res.unmet_nodeps_requirements()
+    assert not unmet, "Unsloth, installed with --no-deps, would miss:\n" + "\n".join(unmet)
+    assert "protobuf" in colab_resolve.NODEPS_EXCEPTIONS and any(
+        r.replace(" ", "").startswith("protobuf<4") for r in res.nodeps_requires.get("unsloth-zoo", [])), \
+        "unsloth_zoo no longer declares protobuf<4: drop the exception"
+
+    critical = [(n, a, b) for n, a, b in res.changes()["downgraded"] if n in colab_resolve.RUNTIME_CRITICAL]
+    readme = README.read_text(encoding="utf-8") + "".join(
+        p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md")))
+    unnamed = [f"{n} {a}" for n, a, _ in critical if f"{n} {a}" not in readme]
+    assert not unnamed, f"runtime {runtime}: the README / docs must name these run-time downgrades: {unnamed}"
+    assert all(n not in ("numpy", "ipywidgets", "pandas") for n, _, _ in critical), critical
+
+
+@pytest.mark.network
+def test_default_runtime_python_313_does_not_resolve_and_is_refused():
+    """Both directions: the pins really have no build for Colab's default runtime, and the setup cell refuses it."""
+    from helpers import colab_setup
+
+    full = colab_resolve.runtime_python(colab_resolve.DEFAULT_RUNTIME)
+    version = tuple(int(x) for x in full.split("."))
+    assert version[:2] == (3, 13)
+    assert not colab_setup.python_supported(version)
+    assert "Python 3.13" in colab_setup.refusal_message(version)
+    for runtime in colab_resolve.RUNTIMES:
+        supported = tuple(int(x) for x in colab_resolve.runtime_python(runtime).split("."))
+        assert colab_setup.python_supported(supported), runtime
+        assert f"{supported[0]}.{supported[1]}" == colab_resolve.RUNTIMES[runtime]["python"]
+
+    skip_if_offline()
+    res = resolution(colab_resolve.DEFAULT_RUNTIME)
+    assert not res.ok, "the pins resolve on Python 3.13 now: revisit the setup cell's refusal"
+    assert "vllm" in res.stderr.lower() or "requires-python" in res.stderr.lower() or "unsloth" in res.stderr.lower(), \
+        tail(res.stderr)

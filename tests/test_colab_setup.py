@@ -1,0 +1,210 @@
+"""The notebooks' Colab setup cell, run as it is (its own source, read from each notebook) on simulated runtimes.
+
+- Python 3.13 (Colab's default runtime since 2026-08-19): the cell stops before any pip call and prints which
+  runtime version to pick (2025.07, then 2026.07) and where.
+- A supported Python: the pip calls run in order, the import check runs in a fresh interpreter, and only a passing
+  check writes the stamp that skips the install next time; a failing import stops with its name, no stamp.
+subprocess.run is replaced by a recorder, so nothing is cloned or installed.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from helpers import colab_setup
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def setup_cell(nb: Path) -> str:
+    cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    return "".join(cells[0]["source"])
+
+
+class Recorder:
+    """Stands for subprocess.run: records each command; the import check answers with `import_report`."""
+
+    def __init__(self, import_report: dict, returncode: int = 0):
+        self.calls: list[list[str]] = []
+        self.import_report, self.returncode = import_report, returncode
+
+    def __call__(self, cmd, *args, **kwargs):
+        cmd = [str(c) for c in cmd]
+        self.calls.append(cmd)
+        if cmd[0] == "nvidia-smi":
+            return subprocess.CompletedProcess(cmd, 0, "Tesla T4, 550.54.15, 15360 MiB\n", "")
+        if "-c" in cmd and colab_setup.IMPORT_CHECK in cmd:
+            return subprocess.CompletedProcess(cmd, self.returncode, json.dumps(self.import_report) + "\n", "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    def pip_calls(self):
+        return [c for c in self.calls if "pip" in c]
+
+
+@pytest.fixture
+def colab(monkeypatch, tmp_path):
+    """A simulated Colab kernel: google.colab importable, the repo 'cloned' at tmp_path/repo (this checkout's
+    requirement files), nvidia-smi on PATH, the kernel kill intercepted."""
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    for name in colab_setup.REQUIREMENT_FILES:
+        (repo / name).write_text((ROOT / name).read_text())
+    monkeypatch.setenv("LOGPROB_REPO_DIR", str(repo))
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20260819-060000_RC00")
+    monkeypatch.setattr(colab_setup.shutil, "which", lambda name: "/usr/bin/" + name)
+    kills = []
+    monkeypatch.setattr(colab_setup.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.chdir(tmp_path)
+    return types.SimpleNamespace(repo=repo, kills=kills)
+
+
+def run_cell(nb: Path, monkeypatch, recorder: Recorder, python=(3, 11, 13)):
+    monkeypatch.setattr(subprocess, "run", recorder)
+    monkeypatch.setattr(sys, "version_info", python + ("final", 0))
+    namespace: dict = {}
+    try:
+        exec(compile(setup_cell(nb), f"{nb.name}[setup cell]", "exec"), namespace)  # the notebook's own code
+    finally:
+        monkeypatch.undo()  # sys.version_info and subprocess.run back before pytest reads them
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_python_313_stops_before_any_pip_call_with_the_runtime_to_pick(nb, colab, monkeypatch, capsys):
+    recorder = Recorder({})
+    with pytest.raises(SystemExit) as stop:
+        run_cell(nb, monkeypatch, recorder, python=(3, 13, 15))
+    printed = capsys.readouterr().out
+    assert recorder.pip_calls() == [], "a pip call ran on Python 3.13"
+    assert "2025.07" in str(stop.value)
+    assert "Python 3.13.15" in printed
+    assert "Runtime → Change runtime type → Runtime version → 2025.07" in printed
+    assert "2026.07" in printed and "Nothing has been installed" in printed
+    assert "pick it again each time" in printed  # the choice does not persist across sessions
+    assert len(printed.splitlines()) <= 20, "the message must fit on one screen"
+    assert not (colab.repo / colab_setup.STAMP).exists()
+
+
+@pytest.mark.parametrize("python", [(3, 9, 18), (3, 14, 0)])
+def test_other_unsupported_pythons_are_refused_too(python, colab, monkeypatch, capsys):
+    recorder = Recorder({})
+    with pytest.raises(SystemExit):
+        run_cell(NOTEBOOKS[0], monkeypatch, recorder, python=python)
+    assert recorder.pip_calls() == []
+    assert f"Python {python[0]}.{python[1]}" in capsys.readouterr().out
+
+
+GOOD = {"torch": "2.6.0+cu124", "cuda": "12.4", "cuda_available": True, "unsloth": "2025.6.12",
+        "vllm": "0.8.5.post1", "trl": "0.18.2"}
+
+
+@pytest.mark.parametrize("python", [(3, 11, 13), (3, 12, 13)], ids=["2025.07", "2026.07"])
+def test_supported_runtime_installs_checks_imports_then_stamps_and_restarts(python, colab, monkeypatch, capsys):
+    recorder = Recorder(GOOD)
+    run_cell(NOTEBOOKS[0], monkeypatch, recorder, python=python)
+    pips = recorder.pip_calls()
+    assert [c[-1] for c in pips] == [str(colab.repo / "requirements-colab.txt"),
+                                     str(colab.repo / "requirements-colab-nodeps.txt"),
+                                     str(colab.repo), colab_setup.SMOLLM2]
+    assert "--no-deps" in pips[1] and "--no-deps" in pips[2] and "--no-deps" in pips[3]
+    check = [c for c in recorder.calls if colab_setup.IMPORT_CHECK in c]
+    assert len(check) == 1 and check[0][-1] == "gpu", "the import check runs once, after the pip calls, for a GPU"
+    assert recorder.calls.index(check[0]) > recorder.calls.index(pips[-1])
+    assert (colab.repo / colab_setup.STAMP).exists()
+    assert len(colab.kills) == 1, "the kernel is ended after a fresh install"
+    assert "run all cells again" in capsys.readouterr().out
+
+    # the second Run all: the stamp matches, nothing is installed, the cell goes on to the notebooks folder
+    second = Recorder(GOOD)
+    run_cell(NOTEBOOKS[0], monkeypatch, second, python=python)
+    assert second.pip_calls() == [] and len(colab.kills) == 1
+
+
+def test_failing_import_stops_with_its_name_and_writes_no_stamp(colab, monkeypatch, capsys):
+    recorder = Recorder({"torch": "2.6.0+cu124", "cuda": "12.4", "cuda_available": True, "failed": "vllm",
+                         "error": "ImportError: libcudart.so.12: cannot open shared object file"}, returncode=1)
+    with pytest.raises(SystemExit) as stop:
+        run_cell(NOTEBOOKS[0], monkeypatch, recorder)
+    printed = capsys.readouterr().out
+    assert "import vllm" in str(stop.value)
+    assert "`import vllm` fails" in printed and "libcudart.so.12" in printed
+    assert "release-colab_20260819" in printed, "the message names the runtime version"
+    assert not (colab.repo / colab_setup.STAMP).exists(), "a failed check must not skip the install next time"
+    assert colab.kills == []
+
+
+def test_failed_pip_call_stops_with_pips_output(colab, monkeypatch, capsys):
+    class FailingPip(Recorder):
+        def __call__(self, cmd, *args, **kwargs):
+            if "pip" in [str(c) for c in cmd]:
+                self.calls.append([str(c) for c in cmd])
+                raise subprocess.CalledProcessError(1, cmd, "", "ERROR: No matching distribution found for vllm")
+            return super().__call__(cmd, *args, **kwargs)
+
+    with pytest.raises(SystemExit):
+        run_cell(NOTEBOOKS[0], monkeypatch, FailingPip(GOOD))
+    assert "No matching distribution found for vllm" in capsys.readouterr().out
+    assert not (colab.repo / colab_setup.STAMP).exists()
+
+
+def test_changed_requirements_invalidate_the_stamp(tmp_path):
+    for name in colab_setup.REQUIREMENT_FILES:
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    before = colab_setup.stack_fingerprint(tmp_path, (3, 11, 13))
+    assert before == colab_setup.stack_fingerprint(tmp_path, (3, 11, 13))
+    assert before != colab_setup.stack_fingerprint(tmp_path, (3, 12, 13))
+    (tmp_path / "requirements-colab.txt").write_text("torch==2.6.0\n")
+    assert before != colab_setup.stack_fingerprint(tmp_path, (3, 11, 13))
+
+
+def test_import_check_script_reports_the_first_failing_import(tmp_path):
+    """The real IMPORT_CHECK in a real fresh interpreter, with `torch` made unimportable: it names torch."""
+    (tmp_path / "torch.py").write_text("raise ImportError('simulated broken torch')\n")
+    out = subprocess.run([sys.executable, "-c", colab_setup.IMPORT_CHECK, "gpu"], capture_output=True, text=True,
+                         cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 1 and report["failed"] == "torch" and "simulated broken torch" in report["error"]
+
+
+def test_setup_module_is_standard_library_only():
+    """It runs before anything is installed: no third-party import, no import of another helpers module."""
+    import ast
+
+    tree = ast.parse((ROOT / "helpers" / "colab_setup.py").read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert all(name in sys.stdlib_module_names or name == "__future__" for name in names), names
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+
+
+def test_banner_names_the_colab_image_python_torch_cuda_driver_and_gpu(monkeypatch, capsys):
+    """Results depend on the Colab image: on a (simulated) Colab T4 the banner prints the runtime tag, Python,
+    torch and the CUDA it was built for, the driver and the GPU."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from helpers import runtime
+
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250725-060057_RC00")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(name="Tesla T4", total_memory=15 * 2**30))
+    monkeypatch.setattr(colab_setup, "gpu_summary", lambda: {"gpu": "Tesla T4", "driver": "550.54.15"})
+    runtime.reset_hardware_cache()
+    try:
+        text = runtime.banner()
+    finally:
+        runtime.reset_hardware_cache()
+    assert "Colab runtime: release-colab_20250725-060057_RC00" in text
+    assert f"python {sys.version_info.major}.{sys.version_info.minor}" in text
+    assert f"torch {torch.__version__} built for CUDA" in text and "driver 550.54.15" in text
+    assert "GPU: Tesla T4" in text
