@@ -107,8 +107,8 @@ def refusal_message(version_info=None) -> str:
         f"  2. or {SECOND_CHOICE}  (Python 3.12: torch and its CUDA libraries are replaced, a longer install)",
         "  Keep a GPU as the hardware accelerator (T4 or A100), Save, then Runtime → Run all.",
         "",
-        "The version is a setting of the runtime, not of this notebook: a new session starts on the default",
-        "again, so pick it again each time you connect (see the README, 'On Colab').",
+        "The version belongs to the runtime, not to this notebook (we found no notebook setting that asks for one),",
+        "and Colab does not say that it is kept for your next session: check it each time you connect.",
         f"[{runtime_line(v)}]",
     ])
 

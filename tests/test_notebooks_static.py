@@ -161,3 +161,12 @@ def test_no_module_imports_another_modules_private_names():
                     and isinstance(node.value, ast.Name) and node.value.id in modules):
                 offenders.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_markdown_cell_says_which_colab_runtime_version_to_pick(nb):
+    from helpers import colab_setup
+
+    first = cells(nb, "markdown")[0][0]
+    assert f"pick runtime version {colab_setup.RECOMMENDED}" in first and colab_setup.SECOND_CHOICE in first
+    assert "Runtime → Change runtime type → Runtime version" in first and "Python 3.13" in first
