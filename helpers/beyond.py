@@ -50,8 +50,10 @@ BEYOND_OVERRIDES = {
     # smoke: subsets of 4 = 2 SFT steps of 2, because the first step of a warmed-up schedule has learning rate 0
     "smoke": dict(llh_pool_size=8, llh_subset_size=4, llh_dynamics_n=1, llh_dynamics_every=1, rerank_samples=2,
                   rerank_questions=2, error_set_rows=2),
-    "cpu": dict(llh_pool_size=200, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
-                rerank_questions=30, error_set_rows=30, probe_size=60),
+    # cpu: on GSM8K at the budget its results were measured with (config.CPU_GSM8K_BUDGET); part 1 then needs
+    # notebook 01/02 runs of that budget (pipeline.baseline_results refuses runs of another task).
+    "cpu": dict(**config_mod.CPU_GSM8K_BUDGET, llh_pool_size=200, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
+                rerank_questions=30, error_set_rows=30) | dict(probe_size=60),
     "t4": dict(llh_pool_size=1000, llh_subset_size=256, llh_dynamics_n=32, llh_dynamics_every=8, rerank_samples=8,
                rerank_questions=200, error_set_rows=150),
     "a100": dict(llh_pool_size=1000, llh_subset_size=256, llh_dynamics_n=32, llh_dynamics_every=8, rerank_samples=8,
@@ -85,7 +87,8 @@ def grpo_config(cfg: RunConfig, stage: str, run_name: str) -> RunConfig:
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in config_mod.BEYOND_FIELDS}
     weights = dict.fromkeys(config_mod.RULE_REWARDS, 1.0) if stage == "rule" else pipeline.logprob_weights("mean")
-    probe_size = config_mod.preset(cfg.preset).probe_size
+    probe_size = (config_mod.CPU_GSM8K_BUDGET["probe_size"] if cfg.preset == "cpu"  # notebook 01/02 at that budget
+                  else config_mod.preset(cfg.preset).probe_size)
     return cfg.override(run_name=run_name, reward_weights=weights, probe_size=probe_size, **defaults)
 
 

@@ -33,6 +33,8 @@ RULE_REWARDS = (
 
 
 TAG_STYLE_NAMES = ("reasoning", "think")  # helpers.data.TAG_STYLES holds their tags
+TASK_NAMES = ("gsm8k", "arith")  # helpers.tasks.TASKS holds their rows
+PROBE_LIMITS = {"gsm8k": 300, "arith": 450}  # held-out probe rows each task has (GSM8K test rows 1000..; arith probe)
 
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
@@ -64,6 +66,11 @@ class RunConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     # --- data -----------------------------------------------------------------------------
+    task: str = "gsm8k"  # which questions (helpers/tasks.py): "gsm8k", or "arith": generated arithmetic word
+    # problems of 1-3 operations (helpers/arith.py), within reach of the embedded 135M model, which solves ~0-2 % of
+    # GSM8K (the cpu preset; t4/a100 stay on GSM8K). Prompts, rewards, scorer and probe are the same for both.
+    transfer_size: int = 0  # after the cold start and after GRPO, also evaluate this many SVAMP problems and GSM8K
+    # test questions (GSM8K only when the task is not GSM8K itself): does a gain transfer? (0 = off)
     dataset_source: str = "auto"  # auto (hub on Colab, bundled elsewhere) | hub | bundled
     train_size: int | None = None  # None = every training question available
     eval_size: int = 50  # GSM8K test questions used for before/after evaluation
@@ -170,7 +177,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
         learning_rate=5e-5, temperature=1.0, probe_size=4,
     ),
-    # A real short run on a 2-core laptop with SmolLM2-135M, sized so that GRPO itself moves what it optimises from
+    # A real short run on a 2-core laptop with SmolLM2-135M, on the graded arithmetic task (task "arith": SmolLM2-135M
+    # solves 0-2 % of GSM8K, so GRPO could not move accuracy there), sized so that GRPO itself moves what it optimises from
     # the after-cold-start checkpoint (benchmarks/learning.py, README "What GRPO itself moved"): learning
     # rate 2e-4 and no KL term (beta 0; at lr 2e-5 and beta 0.04 GRPO barely moved the policy, KL ~1e-4), 25 steps of
     # one question x G=4 completions of <= 128 tokens, greedy evaluation/probe answers <= 128 tokens.
@@ -178,10 +186,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # start (40 SFT steps of 4) 154 s; a GRPO step 18.1 s with the rule rewards, 19.2 s with the logprob reward added
     # (7.5 / 8.0 min for 25 steps); the 100-question probe 180 s (each checkpoint probe adds that).
     "cpu": dict(
-        max_steps=25, num_generations=4, per_device_batch=4, max_prompt_length=256,
-        max_completion_length=128, train_size=400, eval_size=30, eval_max_new_tokens=128,
+        task="arith", max_steps=25, num_generations=8, per_device_batch=16, max_prompt_length=256,
+        max_completion_length=96, train_size=400, eval_size=30, eval_max_new_tokens=96,
         eval_batch_size=25, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
-        lora_r=16, lora_alpha=32, learning_rate=2e-4, beta=0.0, temperature=1.0,
+        lora_r=16, lora_alpha=32, learning_rate=2e-4, beta=0.0, temperature=1.0, probe_size=200, transfer_size=50,
     ),
     # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit (cost: estimates only, see notebook 01's table), fp16 (bf16 on an L4, which also gets this preset).
     # Use Qwen2.5-0.5B-Instruct to go faster.
@@ -200,6 +208,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS = tuple(_PRESETS)
+
+# The cpu budget that notebooks 03, 04 and 05 were measured with (2026-11-30, GSM8K, fp32, one question x G=4 per
+# step, 128-token answers): their overrides (GRID_OVERRIDES, WRITING_OVERRIDES, BEYOND_OVERRIDES) start from it, so
+# their committed results stay reproducible now that the cpu preset trains notebooks 01/02 on the arith task.
+CPU_GSM8K_BUDGET = dict(task="gsm8k", num_generations=4, per_device_batch=4, max_completion_length=128,
+                        eval_max_new_tokens=128, probe_size=100, transfer_size=0, precision="fp32")
 
 
 def preset(name: str, **overrides: Any) -> RunConfig:
@@ -255,9 +269,16 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
             f"Fix: make per_device_batch a multiple of {cfg.num_generations} "
             f"(e.g. per_device_batch={cfg.num_generations}), or pick num_generations from {valid}."
         )
-    if not 0 <= cfg.probe_size <= 300:
-        raise ConfigError(f"probe_size={cfg.probe_size}: 0 (off) to 300 (the bundled test split has 1319 rows and "
-                          "the probe starts at row 1000).")
+    if cfg.task not in TASK_NAMES:
+        raise ConfigError(f"Unknown task {cfg.task!r}. Choose one of {list(TASK_NAMES)}: 'gsm8k', or 'arith' "
+                          "(generated arithmetic word problems, for models that solve little of GSM8K).")
+    limit = PROBE_LIMITS[cfg.task]
+    if not 0 <= cfg.probe_size <= limit:
+        raise ConfigError(f"probe_size={cfg.probe_size}: 0 (off) to {limit} for task {cfg.task!r} "
+                          + ("(the bundled test split has 1319 rows and the probe starts at row 1000)."
+                             if cfg.task == "gsm8k" else "(the arith probe split has 450 problems)."))
+    if not 0 <= cfg.transfer_size <= 1000:
+        raise ConfigError(f"transfer_size={cfg.transfer_size}: 0 (off) to 1000 (SVAMP has 1000 problems).")
     for name in ("max_steps", "per_device_batch", "grad_accum", "max_prompt_length", "max_completion_length",
                  "eval_size", "eval_max_new_tokens", "eval_batch_size", "save_steps", "logging_steps"):
         if getattr(cfg, name) < 1:

@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import config as config_mod
-from . import data, evaluation, plots, probe, runtime, selfcheck, training
+from . import data, evaluation, plots, probe, runtime, selfcheck, tasks, training
+
+
+# What the transfer sets report (per-question columns of evaluation.evaluate's DataFrame)
+TRANSFER_METRICS = {k: probe.PROBE_METRICS[k] for k in ("strict_accuracy", "lenient_accuracy", "format_rate")}
 
 
 class Experiment:
@@ -51,11 +55,15 @@ class Experiment:
         self.sft_dir: Path | None = None
         self._adapters_checked: set[str] = set()
         self.probes: dict[str, object] = {}
+        self.transfers: dict[str, dict] = {}
 
-    # Task hooks: GSM8K here; helpers.writing.WritingExperiment overrides them for stories.
+    # Task hooks: cfg.task's questions (helpers/tasks.py: GSM8K or the arith problems); helpers.writing.WritingExperiment
+    # overrides them for stories.
     def load_rows(self):
-        """(train rows, evaluation rows)."""
-        return data.load_for_run(self.cfg)
+        """(train rows, evaluation rows) of cfg.task."""
+        cfg = self.cfg
+        return (tasks.train_rows(cfg.task, cfg.train_size, cfg.dataset_source),
+                tasks.eval_rows(cfg.task, cfg.eval_size, cfg.dataset_source))
 
     def train_dataset(self):
         return data.grpo_dataset(self.train_rows, tag_style=self.cfg.tag_style)
@@ -68,7 +76,7 @@ class Experiment:
 
     def sft_rows(self) -> list[dict]:
         """Cold-start examples: training questions *not* used by GRPO (when there are enough)."""
-        all_train = data.load_gsm8k_rows("train", self.cfg.dataset_source)
+        all_train = tasks.train_rows(self.cfg.task, None, self.cfg.dataset_source)
         return all_train[len(self.train_rows):] or all_train
 
     sft_kwargs: dict = {}
@@ -188,6 +196,40 @@ class Experiment:
         print(f"[probe] {label}: {len(df)} held-out rows: "
               + ", ".join(f"{k} {v:.3f}" for k, v in probe.summary(df, self.probe_metrics).items()))
         return df
+
+    def transfer(self, label: str) -> dict:
+        """{set name: per-question DataFrame} of greedy answers on the transfer sets (SVAMP, and GSM8K when the task
+        is not GSM8K itself; cfg.transfer_size problems each), cached as transfer_<set>_<label>.csv. Call with
+        "start" after the cold start and "end" after GRPO; {} when cfg.transfer_size is 0 or off the main process."""
+        if not self.cfg.transfer_size or not self.is_main:
+            return {}
+        lora = self.adapter_dir if self.backend == "unsloth" else None
+        out = {}
+        for name in tasks.transfer_sets(self.cfg.task):
+            rows = tasks.transfer_rows(name, self.cfg.transfer_size, self.cfg.dataset_source)
+            out[name] = probe.cached(self.run_dir / f"transfer_{name}_{label}.csv", lambda rows=rows: self.run_probe(
+                self.model, rows, f"transfer {name} {label}", lora))
+            print(f"[transfer] {name} {label}: {len(rows)} problems: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in probe.summary(out[name], TRANSFER_METRICS).items()))
+        self.transfers[label] = out
+        return out
+
+    def transfer_changes(self):
+        """After GRPO minus after cold start on each transfer set (accuracy and format), paired bootstrap 95 %
+        intervals; one row per (set, metric), saved as transfer_changes.csv."""
+        import pandas as pd
+
+        if "start" not in self.transfers or "end" not in self.transfers:
+            raise RuntimeError("Run exp.transfer('start') after the cold start and exp.transfer('end') after GRPO first.")
+        tables = []
+        for name, end in self.transfers["end"].items():
+            table = probe.changes(end, self.transfers["start"][name], names=("after cold start", "after GRPO"),
+                                  columns=TRANSFER_METRICS)
+            tables.append(table.assign(set=name))
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        if self.is_main and len(table):
+            runtime.atomic_write_csv(self.run_dir / "transfer_changes.csv", table)
+        return table
 
     def probe_callbacks(self) -> list:
         """[ProbeCallback] running the probe at each checkpoint save (hf backend; on Unsloth vLLM generates from
@@ -316,6 +358,11 @@ def baseline_results(cfg: config_mod.RunConfig, run_name: str, backend: str, *, 
     if stage not in ("rule", "logprob"):
         raise ValueError(f"stage must be 'rule' or 'logprob', got {stage!r}")
     found = load_run_results(cfg, run_name)
+    if found is not None and found["config"].get("task", "gsm8k") != cfg.task:
+        raise config_mod.ConfigError(
+            f"The finished run '{run_name}' was trained on task {found['config'].get('task', 'gsm8k')!r}, but this "
+            f"comparison needs task {cfg.task!r} (its probe questions differ, so nothing can be paired). Name another "
+            "run (RULE_RUN / LOGPROB_RUN / BASELINE_RUN): it is trained here when missing.")
     if found is not None and (not probes or all((found["run_dir"] / f"probe_{x}.csv").exists()
                                                 for x in ("start", "end"))):
         return found

@@ -37,15 +37,13 @@ PROBE_METRICS = {
 
 
 def probe_rows(cfg: RunConfig, n: int = PROBE_SIZE, offset: int = PROBE_OFFSET) -> list[dict]:
-    """GSM8K test rows offset..offset+n: held out from training (train split) and from the evaluations."""
-    from .data import load_gsm8k_rows
+    """The held-out probe questions of cfg.task (helpers/tasks.py): GSM8K test rows offset..offset+n (held out from
+    training, the train split, and from the evaluations, the first rows), or the arith task's probe split."""
+    from . import tasks
 
     if offset < 200:
         raise ConfigError(f"probe offset {offset} overlaps the evaluation rows (the first eval_size <= 200).")
-    rows = load_gsm8k_rows("test", cfg.dataset_source)[offset:offset + n]
-    if len(rows) < n:
-        raise ConfigError(f"The probe needs {n} test questions from row {offset}; only {len(rows)} exist.")
-    return rows
+    return tasks.probe_rows(cfg.task, n, cfg.dataset_source, offset)
 
 
 def run(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, backend: str = "hf", lora_path=None,

@@ -14,7 +14,7 @@ def frame(questions, fmt, gold):
 
 
 def test_probe_rows_are_held_out_from_the_evaluations_and_training():
-    cfg = config.preset("cpu", dataset_source="bundled")
+    cfg = config.preset("cpu", dataset_source="bundled", task="gsm8k")
     rows = probe.probe_rows(cfg)
     assert len(rows) == probe.PROBE_SIZE == 100
     from helpers import data
@@ -28,6 +28,21 @@ def test_probe_rows_are_held_out_from_the_evaluations_and_training():
         probe.probe_rows(cfg, n=400)
     with pytest.raises(config.ConfigError, match="overlaps"):
         probe.probe_rows(cfg, offset=10)
+
+
+def test_arith_probe_rows_are_held_out_from_its_training_and_evaluation_rows():
+    """The cpu preset's task: the probe is the arith probe split, disjoint from what the run trains and evaluates on,
+    and large enough for the >= 200-question probe."""
+    from helpers import tasks
+
+    cfg = config.preset("cpu")
+    assert cfg.task == "arith" and cfg.probe_size >= 200
+    rows = probe.probe_rows(cfg, cfg.probe_size)
+    assert len(rows) == cfg.probe_size
+    seen = {r["question"] for r in tasks.train_rows("arith") + tasks.eval_rows("arith")}
+    assert not ({r["question"] for r in rows} & seen)
+    with pytest.raises(config.ConfigError, match="only"):
+        probe.probe_rows(cfg, n=451)
 
 
 def test_paired_bootstrap_known_cases():
@@ -121,7 +136,14 @@ def test_probe_size_is_validated():
     with pytest.raises(config.ConfigError, match="probe_size"):
         config.validate(config.preset("smoke", probe_size=-1))
     config.validate(config.preset("smoke", probe_size=0))
-    assert config.preset("smoke").probe_size == 4 and config.preset("cpu").probe_size == 100
+    assert config.preset("smoke").probe_size == 4 and config.preset("cpu").probe_size == 200  # >= 200 (arith task)
+    config.validate(config.preset("cpu", probe_size=450), gpu_available=False)  # the arith probe split has 450
+    with pytest.raises(config.ConfigError, match="450"):
+        config.validate(config.preset("cpu", probe_size=451), gpu_available=False)
+    with pytest.raises(config.ConfigError, match="300"):
+        config.validate(config.preset("cpu", task="gsm8k", probe_size=301), gpu_available=False)
+    with pytest.raises(config.ConfigError, match="task"):
+        config.validate(config.preset("cpu", task="svamp"), gpu_available=False)
 
 
 def test_changes_on_another_task_pairs_by_its_key_and_drops_unscored_rows_only_when_asked():

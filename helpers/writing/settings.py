@@ -28,7 +28,8 @@ WRITING_OVERRIDES = {
                   max_target_tokens=48, train_size=8, eval_size=3, sft_steps=2),
     # cpu: the cpu preset's learning budget (lr 2e-4, beta 0, 25 steps, a checkpoint every 10, where the held-out
     # stories are probed) with the writing lengths. Before, at lr 5e-5 and beta 0.04, GRPO moved nothing measurable.
-    "cpu": dict(max_prompt_length=256, max_completion_length=160, eval_max_new_tokens=200, max_plan_tokens=64,
+    # Generation shape and precision as measured (G=4, one story a step, fp32): config.CPU_GSM8K_BUDGET's.
+    "cpu": dict(num_generations=4, per_device_batch=4, precision="fp32", max_prompt_length=256, max_completion_length=160, eval_max_new_tokens=200, max_plan_tokens=64,
                 max_target_tokens=160, train_size=None, eval_size=30, eval_batch_size=8, sft_steps=30),
     "t4": dict(max_prompt_length=512, max_completion_length=512, eval_max_new_tokens=512, max_plan_tokens=192,
                max_target_tokens=384, train_size=5000, eval_size=100, max_steps=300, sft_steps=0),
