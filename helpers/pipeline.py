@@ -158,7 +158,8 @@ class Experiment:
             for stale in self.run_dir.glob("eval_samples_*.csv"):
                 if stale.stem.removeprefix("eval_samples_") not in self.pre_training_labels:
                     stale.unlink()
-            for stale in (self.run_dir / "probe_end.csv", self.run_dir / "probe_changes.csv"):
+            for stale in (self.run_dir / "probe_end.csv", self.run_dir / "probe_changes.csv",
+                          self.run_dir / "transfer_changes.csv", *self.run_dir.glob("transfer_*_end.csv")):
                 stale.unlink(missing_ok=True)
         self.result = training.train_grpo(
             self.cfg, self.model, self.tokenizer, reward_funcs, self.train_dataset(), self.run_dir,
@@ -219,6 +220,8 @@ class Experiment:
         intervals; one row per (set, metric), saved as transfer_changes.csv."""
         import pandas as pd
 
+        if not self.cfg.transfer_size or not self.is_main:
+            return pd.DataFrame(columns=["set", "metric", "delta", "ci95_lo", "ci95_hi", "verdict", "n"])
         if "start" not in self.transfers or "end" not in self.transfers:
             raise RuntimeError("Run exp.transfer('start') after the cold start and exp.transfer('end') after GRPO first.")
         tables = []
@@ -230,6 +233,15 @@ class Experiment:
         if self.is_main and len(table):
             runtime.atomic_write_csv(self.run_dir / "transfer_changes.csv", table)
         return table
+
+    def probe_by_level(self, column: str = "strict_correct"):
+        """The probe's change in `column` (default greedy strict accuracy) per difficulty level of the arith task
+        (one group "all" on tasks without levels), paired intervals: probe.group_changes."""
+        if "start" not in self.probes or "end" not in self.probes:
+            raise RuntimeError("Run exp.probe('start') after the cold start and exp.probe('end') after GRPO first.")
+        rows = self.probe_rows()
+        levels = [f"level {r['level']}" for r in rows] if all("level" in r for r in rows) else None
+        return probe.group_changes(self.probes["end"], self.probes["start"], levels, column)
 
     def probe_callbacks(self) -> list:
         """[ProbeCallback] running the probe at each checkpoint save (hf backend; on Unsloth vLLM generates from

@@ -224,6 +224,36 @@ def probe_curves(histories: dict[str, object], label: str, save_to: Sequence[str
     return fig
 
 
+def change_intervals(table, label: str, *, row_label: str = "group", title: str = "after GRPO minus after cold start",
+                     save_to: Sequence[str | Path] = ()):
+    """Each row of a changes table (probe.changes / probe.group_changes / Experiment.transfer_changes) as its delta
+    with the paired 95 % interval, a line at 0: an interval that crosses it is within noise. `row_label` names the
+    column (or columns, joined) that labels the rows."""
+    plt = pyplot()
+    cols = [row_label] if isinstance(row_label, str) else list(row_label)
+    names = [" · ".join(str(r[c]) for c in cols) + (f" (n={int(r['n'])})" if "n" in r else "") for _, r in table.iterrows()]
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.42 * max(len(table), 1)))
+    if len(table):
+        ys = list(range(len(table)))[::-1]
+        deltas = table["delta"].to_numpy(float)
+        err = [deltas - table["ci95_lo"].to_numpy(float), table["ci95_hi"].to_numpy(float) - deltas]
+        colors = ["C2" if lo > 0 else "C3" if hi < 0 else "C7" for lo, hi in zip(table["ci95_lo"], table["ci95_hi"])]
+        for y, d, lo_err, hi_err, c in zip(ys, deltas, err[0], err[1], colors):
+            ax.errorbar(d, y, xerr=[[lo_err], [hi_err]], fmt="o", color=c, capsize=3)
+            ax.text(d, y + 0.18, f"{d:+.3f}", ha="center", fontsize=7)
+        ax.set_yticks(ys, names, fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "nothing measured (off in this preset)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(title + " (95 % paired interval; green up, red down, grey within noise)", fontsize=8)
+    ax.set_title(label, fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    save_figure(fig, save_to)
+    return fig
+
+
 def writing_bars(table, label: str, save_to: Sequence[str | Path] = ()):
     """Notebook 04's evaluation: the reference's perplexity given no plan / the model's own plan / the
     author's plan (lower = the plan helps more), then plan length and the stories' distinct-2, per model."""

@@ -118,6 +118,29 @@ def changes(after, start, metrics: Sequence[str] | None = None, *, seed: int = 0
     return pd.DataFrame(rows)
 
 
+def group_changes(after, start, groups: Sequence, column: str = "strict_correct", *, seed: int = 0,
+                  names: tuple[str, str] = ("after cold start", "after GRPO")):
+    """One row per group (e.g. the arith level of each probe question, `groups` aligned with the probe's rows; a
+    single group "all" when `groups` is None): the means of `column` in `start` and `after`, their paired difference
+    with its bootstrap 95 % interval and verdict, and n. Plus a last row "all" over every question."""
+    import numpy as np
+    import pandas as pd
+
+    if list(after["question"]) != list(start["question"]):
+        raise ValueError("The two probes were run on different questions: they cannot be paired.")
+    a, b = _floats(after[column]).to_numpy(), _floats(start[column]).to_numpy()
+    labels = np.asarray(["all"] * len(a) if groups is None else [str(g) for g in groups], dtype=object)
+    if labels.size != a.size:
+        raise ValueError(f"{labels.size} group labels for {a.size} probe rows.")
+    rows = []
+    for group in [*sorted(set(labels) - {"all"}), "all"]:
+        keep = np.ones(a.size, bool) if group == "all" else labels == group
+        delta, lo, hi = paired_bootstrap(a[keep], b[keep], seed=seed)
+        rows.append({"group": group, names[0]: float(b[keep].mean()), names[1]: float(a[keep].mean()),
+                     "delta": delta, "ci95_lo": lo, "ci95_hi": hi, "verdict": verdict(lo, hi), "n": int(keep.sum())})
+    return pd.DataFrame(rows)
+
+
 def cached(path: str | Path, compute):
     """The probe DataFrame saved at `path`, else `compute()` saved there (a Colab disconnect loses nothing)."""
     import pandas as pd
