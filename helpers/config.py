@@ -175,7 +175,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         max_steps=2, num_generations=2, per_device_batch=2, max_prompt_length=192,
         max_completion_length=16, train_size=16, eval_size=4, eval_max_new_tokens=16,
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
-        learning_rate=5e-5, temperature=1.0, probe_size=4,
+        learning_rate=5e-5, temperature=1.0, probe_size=4, transfer_size=2,
     ),
     # A real short run on a 2-core laptop with SmolLM2-135M, on the graded arithmetic task (task "arith": SmolLM2-135M
     # solves 0-2 % of GSM8K, so GRPO could not move accuracy there), sized so that GRPO itself moves what it optimises from
