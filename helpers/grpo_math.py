@@ -76,7 +76,7 @@ GRPO_ARG_COMMENTS = {
     "save_total_limit": "checkpoints kept on disk (save_total_limit)",
     "seed": "random seed (seed)",
     "report_to": "extra loggers: none | tensorboard | wandb (report_to); metrics.csv is always written",
-    "bf16": "bf16 autocast (from precision)",
+    "bf16": "bf16 autocast (from precision; off on CPU, where the base weights themselves are bf16)",
     "fp16": "fp16 autocast with loss scaling (from precision)",
     "use_vllm": "generate with vLLM (Unsloth backend, or vllm_mode server/colocate) instead of HF generate",
     "optim": "optimizer: adamw_torch (hf) or adamw_8bit (Unsloth)",

@@ -9,7 +9,7 @@ only exist there check themselves where they run, on every backend (CI runs them
    dtype; and a target token's score does not change when more text is appended after it (a scorer that
    attends both ways fails this even if the reference were wrong too);
 2. the precision matches the hardware (no bf16 below compute capability 8.0; the weights are in the dtype
-   the run asked for);
+   the run asked for; on CPU, bf16 without bf16 matrix units is allowed but noted as slow);
 3. once an adapter is trained, the generator really uses it: vLLM's greedy output with the LoRA differs
    from the base model's on a fixed prompt (Unsloth), or the logits with the adapter on differ from the
    adapter off (hf);
@@ -114,7 +114,8 @@ def check_scorer(model, tokenizer) -> dict:
 
 
 def check_precision(model, precision: str) -> dict:
-    """The resolved precision fits the hardware, and the weights are in that dtype (16-bit on a GPU)."""
+    """The resolved precision fits the hardware, and the weights are in that dtype (16-bit on a GPU; on CPU bf16
+    weights for bf16, which "auto" picks only with AMX / AVX512-BF16: runtime.cpu_bf16_matmul)."""
     import torch
 
     from . import runtime
@@ -130,8 +131,12 @@ def check_precision(model, precision: str) -> dict:
         raise SelfCheckError(
             f"Self-check failed: the run asked for {precision} but the model's output layer is {got}. Training would "
             f"stop with a precision error, or run at the wrong precision. " + ESCAPE_HATCH)
-    return {"precision": precision, "weights": str(got).replace("torch.", ""),
-            "gpu": info["name"] if info else "none"}
+    out = {"precision": precision, "weights": str(got).replace("torch.", ""), "gpu": info["name"] if info else "none"}
+    if info is None and got == torch.bfloat16 and not runtime.cpu_bf16_matmul():
+        out["note"] = ("bf16 weights on a CPU without bf16 matrix units in use (no amx_bf16 / avx512_bf16 found, or "
+                       "HELPERS_CPU_BF16=0): bf16 may be emulated and slower than fp32; precision='auto' picks fp32")
+        print(f"[self-check] note: {out['note']}")
+    return out
 
 
 def run(model, tokenizer, cfg, backend: str) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import EMBEDDED_MODEL, RunConfig
-from .runtime import atomic_write_json, atomic_write_text, is_main_process, resolve_precision
+from .runtime import atomic_write_json, atomic_write_text, has_cuda, is_main_process, resolve_precision
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ROOT = Path(os.environ.get("HELPERS_CACHE", Path.home() / ".cache" / "logprob-curriculum"))
@@ -56,6 +56,20 @@ def _fix_special_tokens(tokenizer) -> None:
     tokenizer.padding_side = "left"  # generation pads on the left; the scorer sets its own side
 
 
+def attn_implementation(dtype) -> str | None:
+    """"eager" for 16-bit weights on CPU, else None (transformers' default: sdpa).
+
+    torch's CPU sdpa kernel (flash attention) in bf16 splits queries into blocks whose size depends on the sequence
+    length and rounds the probabilities to bf16 block by block, so a token's log-prob changes when text is appended
+    after it: up to 0.36 nats on SmolLM2-135M (whose residual stream reaches ~25000, where bf16's spacing is 128),
+    which fails the self-check's causality test. Eager attention (softmax in fp32, row by row) gives exactly the same
+    scores at any length; it costs 5-8 % of bf16 generation speed at batch 4 (benchmarks/generation.py --bf16-attn
+    sdpa measures the other choice)."""
+    import torch
+
+    return "eager" if dtype in (torch.bfloat16, torch.float16) and not has_cuda() else None
+
+
 def load_embedded_base(dtype=None):
     """(model, tokenizer) of SmolLM2-135M-Instruct from the GGUF, cached once as safetensors (fast reloads)."""
     import torch
@@ -76,7 +90,10 @@ def load_embedded_base(dtype=None):
         else:
             os.replace(tmp, cache)
     tok = AutoTokenizer.from_pretrained(cache)
-    model = AutoModelForCausalLM.from_pretrained(cache, torch_dtype=dtype or torch.float32)
+    dtype = dtype or torch.float32
+    attn = attn_implementation(dtype)
+    model = AutoModelForCausalLM.from_pretrained(cache, torch_dtype=dtype,
+                                                 **({"attn_implementation": attn} if attn else {}))
     _fix_special_tokens(tok)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -87,6 +104,18 @@ def _torch_dtype(precision: str):
     import torch
 
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def amp_flags(precision: str) -> dict:
+    """The Trainer's bf16 / fp16 flags for a resolved precision.
+
+    On a GPU they are the precision (autocast over 16-bit weights, as before). On CPU bf16 is *not* autocast: the
+    Trainer would turn bf16=True into torch.cpu.amp autocast (transformers 4.52 `use_cpu_amp`, accelerate's autocast
+    around forward), which also runs the fp32 LoRA matmuls in bf16. Instead the weights carry the precision: the
+    frozen base is loaded in bf16, peft keeps the LoRA weights in fp32 (get_peft_model's autocast_adapter_dtype) and
+    so AdamW's moments are fp32 too; each LoRA layer adds its fp32 delta and rounds the sum back to bf16 (peft
+    lora.Linear.forward). fp16 keeps its flag everywhere (not a CPU path this course uses)."""
+    return {"bf16": precision == "bf16" and has_cuda(), "fp16": precision == "fp16"}
 
 
 def load_model(cfg: RunConfig, backend: str):
@@ -124,7 +153,9 @@ def load_model(cfg: RunConfig, backend: str):
         base, tok = load_embedded_base(_torch_dtype(precision))
     else:
         tok = AutoTokenizer.from_pretrained(cfg.model_name)
-        base = AutoModelForCausalLM.from_pretrained(cfg.model_name, torch_dtype=_torch_dtype(precision))
+        attn = attn_implementation(_torch_dtype(precision))
+        base = AutoModelForCausalLM.from_pretrained(cfg.model_name, torch_dtype=_torch_dtype(precision),
+                                                    **({"attn_implementation": attn} if attn else {}))
         _fix_special_tokens(tok)
         base.generation_config.eos_token_id = tok.eos_token_id
         base.generation_config.pad_token_id = tok.pad_token_id
@@ -443,7 +474,7 @@ def cold_start_sft(cfg: RunConfig, model, tokenizer, sft_rows: Sequence[dict], r
             per_device_train_batch_size=cfg.sft_batch, learning_rate=cfg.sft_learning_rate,
             lr_scheduler_type=cfg.sft_lr_scheduler_type, warmup_ratio=cfg.sft_warmup_ratio, logging_steps=1,
             save_strategy="no",
-            report_to=cfg.report_to, seed=cfg.seed, bf16=precision == "bf16", fp16=precision == "fp16",
+            report_to=cfg.report_to, seed=cfg.seed, **amp_flags(precision),
             max_length=cfg.max_prompt_length + cfg.max_completion_length, completion_only_loss=True,
             dataloader_num_workers=0,
         )
@@ -511,9 +542,13 @@ def grpo_args(cfg: RunConfig, run_dir: str | Path, backend: str):
         loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, seed=cfg.seed, report_to=cfg.report_to,
-        bf16=precision == "bf16", fp16=precision == "fp16", dataloader_num_workers=0,
+        **amp_flags(precision), dataloader_num_workers=0,
         remove_unused_columns=False, log_completions=False,
     )
+    if precision == "bf16" and not has_cuda() and cfg.beta > 0:
+        print(f"[train] note: bf16 weights on CPU put a noise floor of about 1.5e-3 nats per token under the KL "
+              f"estimate (policy and reference differ by bf16 rounding alone), above the KL a short run reaches; the "
+              f"KL term (beta={cfg.beta:g}) is then mostly noise. Set precision='fp32' for runs that rely on it.")
     if backend == "unsloth":
         kwargs.update(use_vllm=True, optim="adamw_8bit")  # Unsloth routes generation to its vLLM engine
     elif cfg.vllm_mode in ("server", "colocate"):  # TRL's own vLLM integration (multi-GPU recipes, README)
@@ -565,6 +600,7 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
         callbacks=[MetricsCallback(metrics_csv, extra_metrics), *extra_callbacks, *text_progress_callbacks("grpo")],
     )
     effective = effective_args(trainer.args, backend)
+    effective["precision"] = resolve_precision(cfg.precision)  # on CPU bf16 lives in the weights: the bf16 flag is off
     if is_main_process():
         atomic_write_json(run_dir / "effective_args.json", effective)
     if resume is not None:
@@ -622,9 +658,11 @@ def lora_disk_estimate(model, cfg: RunConfig, backend: str) -> dict:
     """Bytes one checkpoint, the final adapter and a finished run take on disk (estimate from the LoRA size).
 
     A checkpoint holds the adapter, Adam's two moments and the trainer state. The adapter is saved in fp32 on
-    Unsloth (unsloth_zoo training_utils keeps LoRA weights in fp32) and on CPU, in the run's dtype otherwise."""
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    weight_bytes = 4 if backend == "unsloth" or resolve_precision(cfg.precision) == "fp32" else 2
+    Unsloth (unsloth_zoo training_utils keeps LoRA weights in fp32) and on hf, in every precision (peft's
+    get_peft_model upcasts 16-bit adapters to fp32: autocast_adapter_dtype); else in the trainable weights' dtype."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in trainable)
+    weight_bytes = 4 if backend == "unsloth" else max((p.element_size() for p in trainable), default=4)
     adam_bytes = 2 if backend == "unsloth" else 8  # adamw_8bit on Unsloth, fp32 moments otherwise
     adapter = n * weight_bytes
     checkpoint = adapter + n * adam_bytes

@@ -1,5 +1,6 @@
 """The Colab GPU path, checked on CPU: hardware choice (a simulated T4 / L4 / A100), the embedded model's
-backend, and the precision checks. torch.cuda is simulated; nothing here needs a GPU."""
+backend, and the precision checks. torch.cuda is simulated; nothing here needs a GPU. The CPU's bf16 matrix units
+(AMX / AVX512-BF16, read from /proc/cpuinfo) are simulated the same way (`fake_cpu`)."""
 from types import SimpleNamespace
 
 import pytest
@@ -56,6 +57,130 @@ def test_no_gpu_gives_cpu(monkeypatch):
         assert runtime.resolve_precision("auto") == "fp32"
     finally:
         runtime.reset_hardware_cache()
+
+
+# ---------------------------------------------------------------------------------------
+# CPU bf16 matrix units: /proc/cpuinfo simulated by a file, torch.cuda absent.
+SAPPHIRE_RAPIDS = "fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8"
+COOPER_LAKE = "fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni"
+ICE_LAKE = "fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512_vnni"  # AVX-512 without bf16: emulated
+LAPTOP = "fpu sse2 avx2 fma"
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch, tmp_path):
+    def install(flags, system="Linux", torch_bf16=True, cpuinfo=None):
+        path = tmp_path / "cpuinfo"
+        if cpuinfo is not None:
+            path.write_text(cpuinfo)
+        elif flags is not None:
+            path.write_text("".join(f"processor\t: {i}\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\n"
+                                    for i in range(2)))
+        monkeypatch.setattr(runtime, "CPUINFO", path)  # no file written: unreadable
+        monkeypatch.setattr(runtime.platform, "system", lambda: system)
+        monkeypatch.setattr(runtime, "_torch_cpu_bf16", lambda: torch_bf16)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.delenv(runtime.CPU_BF16_ENV, raising=False)  # the test session sets it to 0
+        monkeypatch.delenv("GRPO_PRESET", raising=False)
+        runtime.reset_hardware_cache()
+
+    yield install
+    runtime.reset_hardware_cache()
+
+
+@pytest.mark.parametrize("flags, system, torch_bf16, units, precision", [
+    (SAPPHIRE_RAPIDS, "Linux", True, ("amx_bf16", "avx512_bf16"), "bf16"),
+    (COOPER_LAKE, "Linux", True, ("avx512_bf16",), "bf16"),
+    (ICE_LAKE, "Linux", True, (), "fp32"),
+    (LAPTOP, "Linux", True, (), "fp32"),
+    (SAPPHIRE_RAPIDS, "Linux", False, ("amx_bf16", "avx512_bf16"), "fp32"),  # torch without oneDNN bf16
+    (SAPPHIRE_RAPIDS, "Darwin", True, (), "fp32"),  # cannot tell: never assumed
+    (SAPPHIRE_RAPIDS, "Windows", True, (), "fp32"),
+    (None, "Linux", True, (), "fp32"),  # /proc/cpuinfo unreadable
+])
+def test_cpu_precision_follows_the_bf16_units(fake_cpu, flags, system, torch_bf16, units, precision):
+    fake_cpu(flags, system, torch_bf16)
+    assert runtime.cpu_bf16_units() == units
+    assert runtime.cpu_bf16_matmul() == (precision == "bf16")
+    assert runtime.resolve_precision("auto") == precision
+    assert config.choose_preset(None) == "cpu"
+    for explicit in ("fp32", "bf16", "fp16"):  # an explicit precision is never second-guessed
+        assert runtime.resolve_precision(explicit) == explicit
+
+
+def test_arm_cpuinfo_stays_fp32(fake_cpu):
+    """An arm64 /proc/cpuinfo lists `Features` (with bf16 on Graviton3 / Neoverse V1), not x86 `flags`."""
+    fake_cpu(None, cpuinfo="processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n")
+    assert runtime.cpu_flags() is None and runtime.resolve_precision("auto") == "fp32"
+
+
+def test_cpu_bf16_env_overrides_detection(fake_cpu, monkeypatch):
+    fake_cpu(SAPPHIRE_RAPIDS)
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "0")
+    assert runtime.resolve_precision("auto") == "fp32" and runtime.cpu_bf16_units() == ("amx_bf16", "avx512_bf16")
+    fake_cpu(LAPTOP)
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "1")
+    assert runtime.resolve_precision("auto") == "bf16"
+
+
+def test_detection_is_cached_until_reset(fake_cpu, monkeypatch):
+    fake_cpu(SAPPHIRE_RAPIDS)
+    assert runtime.cpu_bf16_matmul()
+    runtime.CPUINFO.write_text(f"flags\t: {LAPTOP}\n")
+    assert runtime.cpu_bf16_matmul()  # cached: /proc/cpuinfo is read once
+    runtime.reset_hardware_cache()
+    assert not runtime.cpu_bf16_matmul()
+
+
+def test_a_gpu_decides_precision_whatever_the_cpu(fake_cpu, fake_gpu):
+    fake_cpu(SAPPHIRE_RAPIDS)
+    fake_gpu("Tesla T4")
+    assert runtime.resolve_precision("auto") == "fp16"
+
+
+def test_the_real_cpu_is_read_without_error(monkeypatch):
+    """Whatever this machine is, detection answers with a bool and the units it found (no exception)."""
+    monkeypatch.delenv(runtime.CPU_BF16_ENV, raising=False)
+    runtime.reset_hardware_cache()
+    try:
+        units = runtime.cpu_bf16_units()
+        assert set(units) <= set(runtime.CPU_BF16_FLAGS)
+        assert isinstance(runtime.cpu_bf16_matmul(), bool) and (runtime.cpu_bf16_matmul() <= bool(units))
+    finally:
+        runtime.reset_hardware_cache()
+
+
+def test_trainer_flags_autocast_on_a_gpu_but_not_on_a_cpu(fake_cpu, fake_gpu, capsys, tmp_path):
+    """CPU bf16: the weights carry the precision, no torch.cpu.amp autocast (which would run the fp32 LoRA in bf16)."""
+    fake_cpu(SAPPHIRE_RAPIDS)
+    assert training.amp_flags("bf16") == {"bf16": False, "fp16": False}
+    assert training.amp_flags("fp32") == {"bf16": False, "fp16": False}
+    args = training.grpo_args(config.preset("cpu"), tmp_path, "hf")  # auto -> bf16 here
+    assert args.bf16 is False and args.fp16 is False
+    assert "noise floor" not in capsys.readouterr().out  # the cpu preset has no KL term (beta 0)
+    training.grpo_args(config.preset("smoke"), tmp_path, "hf")  # beta 0.04 in bf16 on CPU
+    assert "KL term (beta=0.04) is then mostly noise" in capsys.readouterr().out
+    fake_gpu("NVIDIA A100-SXM4-40GB")
+    assert training.amp_flags("bf16") == {"bf16": True, "fp16": False}
+    fake_gpu("Tesla T4")
+    assert training.amp_flags("fp16") == {"bf16": False, "fp16": True}
+
+
+def test_16_bit_on_a_cpu_loads_eager_attention(fake_cpu, fake_gpu):
+    """torch's CPU sdpa in bf16 gives length-dependent scores (fails the self-check's causality test)."""
+    fake_cpu(SAPPHIRE_RAPIDS)
+    assert training.attn_implementation(torch.bfloat16) == "eager"
+    assert training.attn_implementation(torch.float16) == "eager"
+    assert training.attn_implementation(torch.float32) is None  # transformers' default (sdpa)
+    fake_gpu("NVIDIA A100-SXM4-40GB")
+    assert training.attn_implementation(torch.bfloat16) is None
+
+
+def test_banner_names_the_cpu_bf16_units(fake_cpu, capsys):
+    fake_cpu(COOPER_LAKE)
+    assert "CPU bf16 units: avx512_bf16, bf16=True" in runtime.banner()
+    fake_cpu(LAPTOP)
+    assert "CPU bf16 units: none found, bf16=False" in runtime.banner()
 
 
 def test_bf16_preset_on_a_t4_is_rejected_before_loading(fake_gpu):
@@ -274,6 +399,20 @@ def test_precision_check(base_and_fake, fake_gpu):
 def test_precision_check_on_cpu(base_and_fake):
     base, _, _ = base_and_fake
     assert selfcheck.check_precision(base, "fp32")["weights"] == "float32"
+
+
+def test_precision_check_on_a_bf16_cpu(fake_cpu, capsys):
+    from transformers import LlamaConfig
+
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1)).to(torch.bfloat16)
+    fake_cpu(SAPPHIRE_RAPIDS)
+    assert selfcheck.check_precision(tiny, "bf16") == {"precision": "bf16", "weights": "bfloat16", "gpu": "none"}
+    with pytest.raises(selfcheck.SelfCheckError, match="asked for fp32 but the model's output layer is torch.bfloat16"):
+        selfcheck.check_precision(tiny, "fp32")
+    fake_cpu(ICE_LAKE)  # bf16 asked for explicitly without the units: allowed, noted
+    assert "emulated" in selfcheck.check_precision(tiny, "bf16")["note"]
+    assert "[self-check] note" in capsys.readouterr().out
 
 
 def test_adapter_check_on_hf(monkeypatch):
