@@ -150,7 +150,8 @@ def run(model, tokenizer, cfg, backend: str) -> dict:
            **check_scorer(model, tokenizer)}
     out["seconds"] = round(time.time() - t0, 2)
     print(f"[self-check] ok on {backend}: scorer = causal forward within {out['scorer_max_abs_diff']:.1e} nats "
-          f"(tolerance {out['tolerance']:g}), causal, weights {out['weights']} on {out['gpu']} "
+          f"(tolerance {out['tolerance']:g}), causal, weights {out['weights']} on "
+          f"{out['gpu'] if out['gpu'] not in (None, 'none') else 'the CPU'} "
           f"({out['seconds']} s)")
     return out
 
