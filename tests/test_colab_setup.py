@@ -65,14 +65,17 @@ def colab(monkeypatch, tmp_path):
     return types.SimpleNamespace(repo=repo, kills=kills)
 
 
-def run_cell(nb: Path, monkeypatch, recorder: Recorder, python=(3, 11, 13)):
-    monkeypatch.setattr(subprocess, "run", recorder)
-    monkeypatch.setattr(sys, "version_info", python + ("final", 0))
+def run_cell(nb: Path, monkeypatch, recorder: Recorder, python=(3, 11, 13)) -> dict:
+    """Exec the notebook's own setup cell with subprocess.run recorded and sys.version_info simulated; both are put
+    back right after (pytest itself reads them), the fixture's other patches stay. Returns the cell's namespace."""
+    real_run, real_version = subprocess.run, sys.version_info
+    subprocess.run, sys.version_info = recorder, python + ("final", 0)
     namespace: dict = {}
     try:
         exec(compile(setup_cell(nb), f"{nb.name}[setup cell]", "exec"), namespace)  # the notebook's own code
     finally:
-        monkeypatch.undo()  # sys.version_info and subprocess.run back before pytest reads them
+        subprocess.run, sys.version_info = real_run, real_version
+    return namespace
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
@@ -122,8 +125,10 @@ def test_supported_runtime_installs_checks_imports_then_stamps_and_restarts(pyth
 
     # the second Run all: the stamp matches, nothing is installed, the cell goes on to the notebooks folder
     second = Recorder(GOOD)
-    run_cell(NOTEBOOKS[0], monkeypatch, second, python=python)
+    namespace = run_cell(NOTEBOOKS[0], monkeypatch, second, python=python)
+    assert namespace["IN_COLAB"] and "google.colab" in sys.modules, "the second run must still look like Colab"
     assert second.pip_calls() == [] and len(colab.kills) == 1
+    assert Path.cwd() == colab.repo / "notebooks" and namespace["REPO_ROOT"] == colab.repo
 
 
 def test_failing_import_stops_with_its_name_and_writes_no_stamp(colab, monkeypatch, capsys):
