@@ -63,8 +63,10 @@ def plain_generation_config(tokenizer, *, max_new_tokens: int, temperature: floa
     from transformers import GenerationConfig
 
     greedy = temperature <= 0
+    # top_k=0 (off) only when sampling: greedy ignores it, and setting it there makes transformers warn on every call
     return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy,
-                            temperature=1.0 if greedy else temperature, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                            temperature=1.0 if greedy else temperature, top_p=1.0, top_k=50 if greedy else 0,
+                            repetition_penalty=1.0,
                             num_return_sequences=1 if greedy else n, pad_token_id=tokenizer.pad_token_id,
                             eos_token_id=tokenizer.eos_token_id)
 

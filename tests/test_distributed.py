@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The mechanics of two processes (one metrics row per step, tokens gathered, evaluation on the main process only)
+# need one evaluation question and short answers, not smoke's four.
 COMMON = ["-m", "helpers.run", "--stage", "rule", "--preset", "smoke", "--set", "max_steps=2",
-          "--set", "sft_steps=0", "--set", "save_steps=10"]
+          "--set", "sft_steps=0", "--set", "save_steps=10", "--set", "eval_size=1", "--set", "eval_max_new_tokens=8"]
 
 
 def _run(cmd, tmp_path):
