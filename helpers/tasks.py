@@ -35,7 +35,8 @@ from .data import load_gsm8k_rows
 
 TASKS = ("gsm8k", "arith")
 TRANSFER_SETS = ("svamp", "gsm8k")
-GSM8K_PROBE_OFFSET = 1000  # = helpers.probe.PROBE_OFFSET (tests/test_tasks.py checks): probe.py imports the trainers
+GSM8K_PROBE_OFFSET = 1000  # evaluations use the first eval_size (<= 200) test rows; the probe starts far after them
+# (helpers.probe.PROBE_OFFSET is this constant)
 SVAMP_FILE = Path(__file__).parent / "data_files" / "svamp" / "SVAMP.json"
 # Answers of the bundled SVAMP.json that contradict the problem's own equation and text (the file stays untouched).
 SVAMP_ERRATA = {"chal-680": 5}  # 4 apples, 2 picked, 3 new grow: ( ( 4 - 2 ) + 3 ) = 5, labelled 1.0
