@@ -81,6 +81,28 @@ def log(msg: str) -> None:
     print(f"[learning {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def machine(cfg) -> dict:
+    """What the numbers were measured on: the precision 'auto' resolved to, the CPU and its bf16 units (a result
+    measured in bf16 on an AMX Xeon and one in fp32 on an AVX2-only CPU differ in time, and slightly in answers)."""
+    import platform
+
+    import torch
+
+    from helpers import runtime
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"precision": runtime.resolve_precision(cfg.precision), "cpu": name, "cores": os.cpu_count(),
+            "cpu_bf16_units": ",".join(runtime.cpu_bf16_units()) or "none",
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
 def base_config(args) -> config.RunConfig:
     cfg = config.preset("cpu", dataset_source="bundled", project="learning-benchmark")
     for item in args.set:
@@ -110,8 +132,8 @@ def one_run(cfg, kind: str, seed: int, rows, cold_dir: Path) -> dict:
     or an earlier invocation); a finished run with some answers missing is loaded, not trained again."""
     run_cfg = run_config(cfg, kind, seed)
     run_dir = Path(os.environ["GRPO_RUNS_DIR"]) / run_cfg.run_name
-    path, tpaths = run_dir / "probe_end.csv", transfer_paths(run_dir, run_cfg, "end")
-    if path.exists() and all(p.exists() for p in tpaths.values()):
+    path, tpaths = answer_paths(cfg, kind, seed)
+    if finished(cfg, kind, seed):
         return {"probe": probe.cached(path, None), "transfer": {n: probe.cached(p, None) for n, p in tpaths.items()}}
     exp = pipeline.Experiment(run_cfg, backend="hf")
     exp.cold_start(sft_dir=cold_dir)
@@ -130,6 +152,19 @@ def one_run(cfg, kind: str, seed: int, rows, cold_dir: Path) -> dict:
     return {"probe": df, "transfer": transfer}
 
 
+def answer_paths(cfg, kind: str, seed: int) -> tuple[Path, dict[str, Path]]:
+    """(probe_end.csv, {set: transfer_<set>_end.csv}) of one run in $GRPO_RUNS_DIR."""
+    run_cfg = run_config(cfg, kind, seed)
+    run_dir = Path(os.environ["GRPO_RUNS_DIR"]) / run_cfg.run_name
+    return run_dir / "probe_end.csv", transfer_paths(run_dir, run_cfg, "end")
+
+
+def finished(cfg, kind: str, seed: int) -> bool:
+    """Its answers are all there: a re-run reads them instead of training (and keeps that run's log as it was)."""
+    path, tpaths = answer_paths(cfg, kind, seed)
+    return path.exists() and all(p.exists() for p in tpaths.values())
+
+
 def run_dir_of(kind: str, seed: int) -> str:
     return f"{kind}_seed{seed}"
 
@@ -141,7 +176,7 @@ def spawn_run(kind: str, seed: int, args) -> subprocess.Popen:
     cmd += ["--probe-size", str(args.probe_size)] if args.probe_size is not None else []
     cmd += [x for item in args.set for x in ("--set", item)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    out = open(Path(os.environ["GRPO_RUNS_DIR"]) / f"{run_dir_of(kind, seed)}.log", "w")
+    out = open(Path(os.environ["GRPO_RUNS_DIR"]) / f"{run_dir_of(kind, seed)}.log", "a")  # a resumed run adds
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -162,6 +197,12 @@ def run_all(cfg, seeds: list[int], rows, cold_dir: Path, args, t_start: float) -
     while pending or running:
         while pending and len(running) < args.jobs:
             seed, kind = pending.pop(0)
+            if finished(cfg, kind, seed):  # an earlier invocation's run: read, no child (its log stays as it was)
+                results[seed][kind] = one_run(cfg, kind, seed, rows, cold_dir)
+                log(f"{kind} seed {seed}: found its answers in {run_dir_of(kind, seed)}/, not training again")
+                if first_minutes is None and len(results[seeds[0]]) == 2:
+                    first_minutes = (time.time() - t_start) / 60
+                continue
             running[(seed, kind)] = spawn_run(kind, seed, args)
             log(f"{kind} seed {seed}: started in a child process (1 thread; log {run_dir_of(kind, seed)}.log)")
         time.sleep(2)
@@ -297,6 +338,7 @@ def main() -> None:
             f"lr={cfg.learning_rate} beta={cfg.beta} steps={cfg.max_steps} G={cfg.num_generations} "
             f"batch={cfg.per_device_batch} completion={cfg.max_completion_length} SFT {cfg.sft_steps}x{cfg.sft_batch}; "
             f"{args.jobs} run(s) at a time")
+        log("machine: " + ", ".join(f"{k} {v}" for k, v in machine(cfg).items()))
     rows = probe.probe_rows(cfg, n=cfg.probe_size)
     if args.only:  # a child of --jobs: one run from the cold start the parent made
         kind, seed = args.only.split(":")
@@ -330,7 +372,7 @@ def main() -> None:
     transfers = {seed: {k: res[k]["transfer"] for k in KINDS} for seed, res in results.items()}
 
     # 3. tables
-    out = {"config": cfg.to_dict(), "task": cfg.task,
+    out = {"config": cfg.to_dict(), "task": cfg.task, "machine": machine(cfg),
            "probe_rows": ([probe.PROBE_OFFSET, probe.PROBE_OFFSET + len(rows)] if cfg.task == "gsm8k"
                           else [0, len(rows)]),  # GSM8K test rows, or the first rows of the arith probe split
            "start": probe.summary(start),

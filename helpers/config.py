@@ -177,14 +177,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
         learning_rate=5e-5, temperature=1.0, probe_size=4, transfer_size=2,
     ),
-    # A real short run on a 2-core laptop with SmolLM2-135M, on the graded arithmetic task (task "arith": SmolLM2-135M
-    # solves 0-2 % of GSM8K, so GRPO could not move accuracy there), sized so that GRPO itself moves what it optimises from
-    # the after-cold-start checkpoint (benchmarks/learning.py, README "What GRPO itself moved"): learning
-    # rate 2e-4 and no KL term (beta 0; at lr 2e-5 and beta 0.04 GRPO barely moved the policy, KL ~1e-4), 25 steps of
-    # one question x G=4 completions of <= 128 tokens, greedy evaluation/probe answers <= 128 tokens.
-    # Measured on an idle 2-core x86_64 CPU (benchmarks/learning.py, 2026-11-30, one process, two threads): the cold
-    # start (40 SFT steps of 4) 154 s; a GRPO step 18.1 s with the rule rewards, 19.2 s with the logprob reward added
-    # (7.5 / 8.0 min for 25 steps); the 100-question probe 180 s (each checkpoint probe adds that).
+    # A real short run on a 2-core laptop with SmolLM2-135M, on the graded arithmetic task (task "arith", helpers/arith.py:
+    # SmolLM2-135M solves 0-2 % of GSM8K, ~20 % of these problems after its cold start). 40 cold-start SFT steps of 4,
+    # then 25 GRPO steps of 2 problems x G=8 completions of <= 96 tokens (each generate call is one batch of 16),
+    # learning rate 2e-4 and no KL term (beta 0; at lr 2e-5 and beta 0.04 GRPO barely moved the policy, KL ~1e-4); the
+    # probe is 200 held-out problems, the transfer sets 50 SVAMP + 50 GSM8K problems, greedy answers <= 96 tokens.
+    # Measured with benchmarks/learning.py (one seed = cold start, probes, rule and logprob GRPO side by side), 2026-12-03:
+    # 32.3 min on a 2-core x86_64 CPU with AMX (bf16 base; a GRPO step 36-43 s on one thread each) and 54.0 min on a
+    # 2-core AMD EPYC with AVX2 only (fp32; 61-65 s a step). What it moved, per seed: docs/results.md (at 25 steps the
+    # accuracy change is within the spread between seeds). The budget before 2026-12-03 is CPU_GSM8K_BUDGET below.
     "cpu": dict(
         task="arith", max_steps=25, num_generations=8, per_device_batch=16, max_prompt_length=256,
         max_completion_length=96, train_size=400, eval_size=30, eval_max_new_tokens=96,

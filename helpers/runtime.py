@@ -66,6 +66,15 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names: Intel AMX (
 CPUINFO = Path("/proc/cpuinfo")
 
 
+# What a CPU without bf16 matrix units costs (banner): one benchmarks/learning.py seed of the cpu preset took 32.3 min
+# on a 2-core x86_64 CPU with AMX (bf16 base) and FP32_CPU_MINUTES[1] on a 2-core AMD EPYC with AVX2 only (fp32), 2026-12-03.
+FP32_CPU_MINUTES = (32.3, 54.0)
+FP32_CPU_NOTE = (f"no bf16 matrix units (AMX / AVX512-BF16): the model runs in fp32, and the times quoted for the cpu "
+                 f"preset on a CPU with AMX take about {FP32_CPU_MINUTES[1] / FP32_CPU_MINUTES[0]:.1f}x as long here "
+                 f"(one benchmark seed: {FP32_CPU_MINUTES[0]:.0f} vs {FP32_CPU_MINUTES[1]:.0f} min on 2 cores, "
+                 "docs/results.md)")
+
+
 def cpu_flags() -> frozenset[str] | None:
     """The x86 CPU feature flags from /proc/cpuinfo (first processor), or None where they cannot be read (not Linux,
     no file, not x86: an arm64 cpuinfo has a `Features` line, not `flags`; its bf16 is not used here)."""
@@ -250,6 +259,8 @@ def banner(backend: str | None = None, cfg=None) -> str:
     else:
         units = ", ".join(cpu_bf16_units()) or "none found"
         lines.append(f"GPU: none (CPU path), CPU bf16 units: {units}, bf16={cpu_bf16_matmul()}")
+        if not cpu_bf16_matmul():
+            lines.append(FP32_CPU_NOTE)
     if backend:
         lines.append(f"backend: {backend}, precision: {resolve_precision(cfg.precision if cfg else 'auto')}")
     if cfg is not None:

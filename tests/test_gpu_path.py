@@ -179,8 +179,11 @@ def test_16_bit_on_a_cpu_loads_eager_attention(fake_cpu, fake_gpu):
 def test_banner_names_the_cpu_bf16_units(fake_cpu, capsys):
     fake_cpu(COOPER_LAKE)
     assert "CPU bf16 units: avx512_bf16, bf16=True" in runtime.banner()
+    assert "fp32" not in runtime.banner()  # no slowdown note where bf16 is used
     fake_cpu(LAPTOP)
-    assert "CPU bf16 units: none found, bf16=False" in runtime.banner()
+    text = runtime.banner()
+    assert "CPU bf16 units: none found, bf16=False" in text
+    assert "runs in fp32" in text and "x as long here" in text  # the user learns what the missing units cost
 
 
 def test_bf16_preset_on_a_t4_is_rejected_before_loading(fake_gpu):

@@ -191,3 +191,57 @@ def test_probe_size_and_set_overrides(learning):
     rule, lp = learning.run_config(cfg, "rule", 2), learning.run_config(cfg, "logprob", 2)
     assert (rule.run_name, rule.seed, lp.run_name) == ("rule_seed2", 2, "logprob_seed2")
     assert lp.reward_weights == pipeline.logprob_weights("mean") != rule.reward_weights
+
+
+def test_machine_record_names_the_precision_auto_resolved_to_and_the_cpu(learning, monkeypatch):
+    """Every result is labelled with what it ran on: fp32 on a CPU without bf16 units, bf16 where they are found."""
+    from helpers import runtime
+
+    cfg = config.preset("cpu")
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "0")
+    rec = learning.machine(cfg)
+    assert set(rec) == {"precision", "cpu", "cores", "cpu_bf16_units", "torch_cpu_capability", "torch"}
+    assert rec["precision"] == "fp32" and rec["cores"] >= 1 and rec["cpu"]
+    assert learning.machine(cfg.override(precision="bf16"))["precision"] == "bf16"  # an explicit choice is kept
+
+
+def test_a_rerun_reads_finished_runs_without_a_child_and_keeps_their_logs(learning, tmp_path, monkeypatch):
+    """`--seeds 2` after `--seeds 1` in the same --runs-dir: seed 1's answers are read, no child process is started
+    for it (a child used to reopen its log with "w", emptying the finished run's log), only seed 2 is spawned."""
+    import argparse
+
+    monkeypatch.setenv("GRPO_RUNS_DIR", str(tmp_path))
+    cfg = config.preset("smoke", dataset_source="bundled", task="arith", transfer_size=2)
+    for kind in learning.KINDS:
+        path, tpaths = learning.answer_paths(cfg, kind, 1)
+        path.parent.mkdir(parents=True)
+        frame([kind == "rule"] * 3).to_csv(path, index=False)
+        for p in tpaths.values():
+            frame([False] * 2).to_csv(p, index=False)
+        (tmp_path / f"{learning.run_dir_of(kind, 1)}.log").write_text("the finished run's log\n")
+    assert learning.finished(cfg, "rule", 1) and not learning.finished(cfg, "rule", 2)
+    spawned = []
+
+    class Done:
+        returncode = 0
+
+        def poll(self):
+            return 0
+
+    def fake_spawn(kind, seed, args):
+        spawned.append((kind, seed))
+        for p in (learning.answer_paths(cfg, kind, seed)[0], *learning.answer_paths(cfg, kind, seed)[1].values()):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            frame([True] * 3).to_csv(p, index=False)
+        return Done()
+
+    monkeypatch.setattr(learning, "spawn_run", fake_spawn)
+    monkeypatch.setattr(learning.time, "sleep", lambda s: None)
+    results, _ = learning.run_all(cfg, [1, 2], rows=None, cold_dir=tmp_path / "cold_start",
+                                  args=argparse.Namespace(jobs=2), t_start=0.0)
+    assert spawned == [("rule", 2), ("logprob", 2)]
+    assert list(results[1]["rule"]["probe"]["strict_correct"]) == [True] * 3  # seed 1 read back as written
+    assert list(results[1]["logprob"]["probe"]["strict_correct"]) == [False] * 3
+    assert set(results[2]) == set(learning.KINDS) and set(results[1]["rule"]["transfer"]) == {"svamp", "gsm8k"}
+    for kind in learning.KINDS:
+        assert (tmp_path / f"{learning.run_dir_of(kind, 1)}.log").read_text() == "the finished run's log\n"
