@@ -182,14 +182,18 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # then 25 GRPO steps of 2 problems x G=8 completions of <= 96 tokens (each generate call is one batch of 16),
     # learning rate 2e-4 and no KL term (beta 0; at lr 2e-5 and beta 0.04 GRPO barely moved the policy, KL ~1e-4); the
     # probe is 200 held-out problems, the transfer sets 50 SVAMP + 50 GSM8K problems, greedy answers <= 96 tokens.
-    # Measured with benchmarks/learning.py (one seed = cold start, probes, rule and logprob GRPO side by side), 2026-12-03:
-    # 32.3 min on a 2-core x86_64 CPU with AMX (bf16 base; a GRPO step 36-43 s on one thread each) and 54.0 min on a
-    # 2-core AMD EPYC with AVX2 only (fp32; 61-65 s a step). What it moved, per seed: docs/results.md (at 25 steps the
-    # accuracy change is within the spread between seeds). The budget before 2026-12-03 is CPU_GSM8K_BUDGET below.
+    # One checkpoint (step 13), so a notebook probes once between the start and end probes: each probe of 200 problems
+    # takes 144 s on 2 threads (benchmark, 2026-12-04), and with two mid-run probes (save_steps 10, which the
+    # benchmark runs below used: it probes only at the start and end) notebook 02 would near 30 min (an estimate).
+    # Measured with benchmarks/learning.py (one seed = cold start, probes, rule and logprob GRPO side by side): 26.2 min
+    # on a 2-core Xeon with AMX (bf16 base; 29-35 s a GRPO step on one thread each, 2026-12-04), 32.3 min on another
+    # 2-core AMX machine and 54.0 min on a 2-core AMD EPYC with AVX2 only (fp32; 61-65 s a step), 2026-12-03. What it
+    # moved, per seed: docs/results.md (at 25 steps the accuracy change is within the spread between seeds). The
+    # budget before 2026-12-03 is CPU_GSM8K_BUDGET below.
     "cpu": dict(
         task="arith", max_steps=25, num_generations=8, per_device_batch=16, max_prompt_length=256,
         max_completion_length=96, train_size=400, eval_size=30, eval_max_new_tokens=96,
-        eval_batch_size=25, save_steps=10, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
+        eval_batch_size=25, save_steps=13, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
         lora_r=16, lora_alpha=32, learning_rate=2e-4, beta=0.0, temperature=1.0, probe_size=200, transfer_size=50,
     ),
     # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit (cost: estimates only, see notebook 01's table), fp16 (bf16 on an L4, which also gets this preset).
