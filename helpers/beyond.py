@@ -485,7 +485,8 @@ class BeyondExperiment(pipeline.Experiment):
     # Figures (saved in the run directory, and in figures/ when figures_dir is set)
     @property
     def label(self) -> str:
-        return plots.run_label(self.cfg.model_name, f"cold start {self.cfg.sft_steps} + budget {self.cfg.max_steps}")
+        return plots.run_label(self.cfg.model_name, f"cold start {self.cfg.sft_steps} + budget {self.cfg.max_steps}",
+                               precision=self.cfg.precision)
 
     def plot_arms(self, table, name: str, title: str, metrics=("strict_accuracy", "format_rate",
                                                                "gold_answer_logprob")):

@@ -16,20 +16,25 @@ def hardware_label() -> str:
         return torch.cuda.get_device_name(0)
     import os
 
-    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    from .runtime import cpu_bf16_units
+
+    units = cpu_bf16_units()  # bf16 matrix units decide the CPU's speed and the run's precision: name them
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()}{', ' + ' + '.join(units) if units else ''})"
 
 
-def model_label(model: str) -> str:
-    """The model's name as figures show it; the embedded model says what its weights really are."""
+def model_label(model: str, precision: str | None = None) -> str:
+    """The model's name as figures show it; the embedded model says what its weights really are: the Q4_1 GGUF
+    dequantized to the run's `precision` (a RunConfig.precision; None or "auto": as this machine resolves "auto")."""
     from .config import EMBEDDED_MODEL
+    from .runtime import resolve_precision
 
     if model == EMBEDDED_MODEL:
-        return "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32)"
+        return f"SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to {resolve_precision(precision or 'auto')})"
     return model.split("/")[-1]
 
 
-def run_label(model: str, steps: int | str, hardware: str | None = None) -> str:
-    return f"{model_label(model)} · {steps} steps · {hardware or hardware_label()}"
+def run_label(model: str, steps: int | str, hardware: str | None = None, precision: str | None = None) -> str:
+    return f"{model_label(model, precision)} · {steps} steps · {hardware or hardware_label()}"
 
 
 def pyplot():

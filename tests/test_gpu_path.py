@@ -186,6 +186,22 @@ def test_banner_names_the_cpu_bf16_units(fake_cpu, capsys):
     assert "runs in fp32" in text and "x as long here" in text  # the user learns what the missing units cost
 
 
+def test_figure_labels_say_the_weights_precision_and_the_cpu_units(fake_cpu):
+    """A figure from a bf16 run must not say fp32 (the label once hard-coded it), and names the bf16 units."""
+    from helpers import plots
+
+    fake_cpu(SAPPHIRE_RAPIDS)
+    label = plots.run_label(config.EMBEDDED_MODEL, "40 SFT + 25 GRPO", precision="auto")
+    assert "dequantized to bf16" in label and "amx_bf16 + avx512_bf16" in label and "fp32" not in label
+    assert "dequantized to fp32" in plots.run_label(config.EMBEDDED_MODEL, 25, precision="fp32")  # notebooks 03-05
+    fake_cpu(LAPTOP)
+    label = plots.run_label(config.EMBEDDED_MODEL, 25)
+    assert "dequantized to fp32" in label and label.endswith(f"cores, {plots.platform.machine()})")
+    assert plots.model_label("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen2.5-1.5B-Instruct"
+    cfg = config.preset("cpu", precision="fp32")
+    assert "dequantized to fp32" in plots.run_label(cfg.model_name, 1, precision=cfg.precision)
+
+
 def test_bf16_preset_on_a_t4_is_rejected_before_loading(fake_gpu):
     fake_gpu("Tesla T4")
     with pytest.raises(ConfigError, match=r"7\.5\) has no bf16.*t4 preset"):
