@@ -185,7 +185,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # One checkpoint (step 13), so a notebook probes once between the start and end probes: each probe of 200 problems
     # takes 144 s on 2 threads (benchmark, 2026-12-04), and with two mid-run probes (save_steps 10, which the
     # benchmark runs below used: it probes only at the start and end) notebook 02 would near 30 min (an estimate).
-    # Measured with benchmarks/learning.py (one seed = cold start, probes, rule and logprob GRPO side by side): 26.2 min
+    # Measured with benchmarks/learning.py (one seed = cold start, probes, rule and logprob GRPO side by side): 26.3 min
     # on a 2-core Xeon with AMX (bf16 base; 29-35 s a GRPO step on one thread each, 2026-12-04), 32.3 min on another
     # 2-core AMX machine and 54.0 min on a 2-core AMD EPYC with AVX2 only (fp32; 61-65 s a step), 2026-12-03. What it
     # moved over 3 seeds (docs/results.md): strict accuracy 0.195 -> 0.220 rule (+0.025 [-0.002, +0.052], within noise)
