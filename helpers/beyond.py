@@ -58,6 +58,10 @@ BEYOND_OVERRIDES = {
                rerank_questions=200, error_set_rows=150),
     "a100": dict(llh_pool_size=1000, llh_subset_size=256, llh_dynamics_n=32, llh_dynamics_every=8, rerank_samples=8,
                  rerank_questions=200, error_set_rows=150, probe_size=200),
+    # gpu-hf (generation through transformers): the cpu sizes, with part 3 on half of the 100-question probe.
+    # Estimate only; part 1 trains notebooks 01/02's runs first when they are missing (~45 min each, estimate).
+    "gpu-hf": dict(llh_pool_size=200, llh_subset_size=32, llh_dynamics_n=8, llh_dynamics_every=4, rerank_samples=4,
+                   rerank_questions=50, error_set_rows=50),
 }
 ARMS = ("sft", "rule", "logprob")
 

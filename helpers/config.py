@@ -212,6 +212,22 @@ _PRESETS: dict[str, dict[str, Any]] = {
         max_prompt_length=256, max_completion_length=1024, eval_size=200, eval_max_new_tokens=1024,
         eval_batch_size=200, save_steps=100, lora_r=64, lora_alpha=64, learning_rate=5e-6,
     ),
+    # A GPU without Unsloth: Colab's default runtime (Python 3.13, where Unsloth and vLLM cannot install;
+    # helpers/colab_setup.py installs the transformers stack over Colab's torch), or a local GPU with the CPU
+    # requirements. The hf backend generates through transformers' generate, so a smaller model and fewer steps than
+    # t4: Qwen2.5-0.5B-Instruct in 16 bit (fp16 on a T4, bf16 from compute capability 8.0), a 20-step cold start,
+    # 150 GRPO steps of one question x 8 completions of <= 256 tokens (train_size 1000: notebook 05's pool of unused
+    # training questions comes after them); learning rate and LoRA scale (alpha/r = 2) set for 150 steps instead of
+    # t4's 500, not tuned. Time on a T4, an ESTIMATE (nobody has run it yet): ~13 s a step
+    # (8 x 256 tokens at ~40 ms a decoding step for a 24-layer model with an unmerged LoRA, plus the policy and
+    # reference passes) = ~33 min of GRPO, + ~10 min to load, cold-start, evaluate 2 x 100 and probe 4 x 100
+    # questions: ~45 min for notebook 01 or 02, about an hour with Colab's install and restart.
+    "gpu-hf": dict(
+        model_name="Qwen/Qwen2.5-0.5B-Instruct", precision="auto", load_in_4bit=False, requires_gpu=True,
+        max_steps=150, num_generations=8, per_device_batch=8, max_prompt_length=256, max_completion_length=256,
+        eval_size=100, eval_max_new_tokens=256, eval_batch_size=50, save_steps=50, sft_steps=20, sft_batch=4,
+        lora_r=16, lora_alpha=32, learning_rate=1e-5, probe_size=100, train_size=1000,
+    ),
 }
 PRESETS = tuple(_PRESETS)
 
@@ -223,7 +239,7 @@ CPU_GSM8K_BUDGET = dict(task="gsm8k", num_generations=4, per_device_batch=4, max
 
 
 def preset(name: str, **overrides: Any) -> RunConfig:
-    """The named preset (`smoke`, `cpu`, `t4`, `a100`) with optional field overrides."""
+    """The named preset (`smoke`, `cpu`, `t4`, `a100`, `gpu-hf`) with optional field overrides."""
     if name not in _PRESETS:
         raise ConfigError(f"Unknown preset {name!r}. Choose one of {list(_PRESETS)}.")
     cfg = RunConfig(preset=name).override(**_PRESETS[name]).override(**overrides)
@@ -237,9 +253,10 @@ def backend_request(cfg: RunConfig) -> str:
 
 
 def choose_preset(name: str | None = None) -> str:
-    """Explicit name, else $GRPO_PRESET, else by hardware: `a100` on a GPU with bf16 (compute capability >= 8)
-    and at least 35 GiB, `t4` on any other GPU (T4, L4, ...), `cpu` without one. Decided from the compute
-    capability and the memory, never from torch.cuda.is_bf16_supported() (True on a T4 since torch 2.4)."""
+    """Explicit name, else $GRPO_PRESET, else by hardware: `cpu` without a GPU; `gpu-hf` on a GPU without Unsloth
+    installed (Colab's default runtime: the hf backend); with Unsloth, `a100` on a GPU with bf16 (compute capability
+    >= 8) and at least 35 GiB, `t4` on any other GPU (T4, L4, ...). Decided from the compute capability and the
+    memory, never from torch.cuda.is_bf16_supported() (True on a T4 since torch 2.4)."""
     name = name or os.environ.get("GRPO_PRESET") or ""
     name = name.strip().lower()
     if name and name != "auto":
@@ -253,6 +270,8 @@ def choose_preset(name: str | None = None) -> str:
 
     if not runtime.has_cuda():
         return "cpu"
+    if not runtime.unsloth_installed():  # t4/a100 are sized for vLLM's generation speed
+        return "gpu-hf"
     info = runtime.gpu_info()
     return "a100" if runtime.bf16_supported() and info["memory_gib"] >= runtime.A100_PRESET_MIN_GIB else "t4"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
@@ -132,10 +133,20 @@ def reset_hardware_cache() -> None:
         getattr(fn, "cache_clear", lambda: None)()
 
 
+def unsloth_installed() -> bool:
+    """Unsloth is installed here (looked up, not imported: its import patches transformers and trl). False on
+    Colab's default runtime, Python 3.13, where it cannot install (helpers/colab_setup.py)."""
+    return importlib.util.find_spec("unsloth") is not None
+
+
 @lru_cache(maxsize=None)
 def pick_backend(preferred: str = "auto") -> str:
     """'unsloth' when CUDA is present and Unsloth imports (imported here, first), else 'hf'."""
     if preferred == "hf" or (preferred == "auto" and not has_cuda()):
+        return "hf"
+    if preferred == "auto" and not unsloth_installed():
+        print("[helpers] Unsloth is not installed (on Colab's default runtime, Python 3.13, it cannot be): using "
+              "transformers + peft, slower; the first cell's message says how to get the fast path.")
         return "hf"
     if "transformers" in sys.modules or "trl" in sys.modules:
         # Unsloth patches transformers/trl at import; importing it late gives silent slowdowns or errors.
@@ -247,7 +258,8 @@ def banner(backend: str | None = None, cfg=None) -> str:
              f"{os.cpu_count()} CPU cores, colab={is_colab()}"]
     if is_colab():  # results depend on the image: say which one (COLAB_RELEASE_TAG, if Colab sets it)
         lines.append(f"Colab runtime: {colab_setup.colab_runtime_version() or 'not reported'} "
-                     f"(supported: {colab_setup.RECOMMENDED}, {colab_setup.SECOND_CHOICE})")
+                     f"(fast path: {colab_setup.RECOMMENDED}, {colab_setup.SECOND_CHOICE}; the default runtime, "
+                     f"Python 3.13: the hf backend)")
     if has_cuda():
         import torch
 

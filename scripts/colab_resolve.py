@@ -1,8 +1,13 @@
-"""Resolve requirements-colab.txt the way pip will on a given Colab runtime version, its preinstalled packages
+"""Resolve the Colab install the way pip will on a given Colab runtime version, its preinstalled packages
 included, and say what the install replaces.
 
-    .venv/bin/python scripts/colab_resolve.py                 # every supported runtime (2025.07, 2026.07)
+    .venv/bin/python scripts/colab_resolve.py                 # every runtime (2025.07, 2026.07, 2026.08-default)
     .venv/bin/python scripts/colab_resolve.py --runtime 2025.07 --json out.json
+    .venv/bin/python scripts/colab_resolve.py --runtime 2026.08-default   # the default runtime's hf set
+
+Two installs (helpers/colab_setup.py picks one by the runtime's Python): the fast path on 2025.07 / 2026.07
+(requirements-colab.txt, then requirements-colab-nodeps.txt with --no-deps), and on the default runtime (Python 3.13)
+the hf set, requirements-colab-hf.txt, constrained to keep Colab's torch (``KEEP``: exit 1 if pip would replace it).
 
 How: a throw-away virtual environment of the runtime's Python (pyenv's or ``python3.X`` on PATH; otherwise this
 interpreter with ``--python-version``) gets one metadata-only ``.dist-info`` folder per line of that runtime's
@@ -37,17 +42,26 @@ ROOT = Path(__file__).resolve().parents[1]
 COLAB_DATA = ROOT / "tests" / "data" / "colab"
 REQUIREMENTS = ROOT / "requirements-colab.txt"
 NODEPS_REQUIREMENTS = ROOT / "requirements-colab-nodeps.txt"
+HF_REQUIREMENTS = ROOT / "requirements-colab-hf.txt"
 
-# Runtime versions the curriculum supports (Colab: Runtime > Change runtime type > Runtime version), their Python
+# What each install runs: (requirements file, --no-deps?) in order, and the preinstalled packages it must keep (the
+# setup cell passes them to pip as constraints at their preinstalled versions).
+STACKS = {
+    "fast": dict(steps=((REQUIREMENTS, False), (NODEPS_REQUIREMENTS, True)), keep=()),
+    "hf": dict(steps=((HF_REQUIREMENTS, False),), keep=("torch",)),
+}
+
+# Runtime versions the fast path supports (Colab: Runtime > Change runtime type > Runtime version), their Python
 # and the pip-freeze list Colab published for them.
 RUNTIMES = {
-    "2025.07": dict(python="3.11", freeze="pip-freeze.2025.07.txt"),
-    "2026.07": dict(python="3.12", freeze="pip-freeze.gpu.2026.07.txt"),
+    "2025.07": dict(python="3.11", freeze="pip-freeze.2025.07.txt", stack="fast"),
+    "2026.07": dict(python="3.12", freeze="pip-freeze.gpu.2026.07.txt", stack="fast"),
 }
-# The default runtime since 2026-08-19: Python 3.13, for which the pins have no build (the setup cell refuses it;
-# the test resolves it too, to show that the refusal is needed).
+# The default runtime since 2026-08-19: Python 3.13, for which the fast path's pins have no build; it gets the hf
+# set over its own torch (the test also resolves the fast pins there, to show that they still do not install).
 DEFAULT_RUNTIME = "2026.08-default"
-ALL_RUNTIMES = {**RUNTIMES, DEFAULT_RUNTIME: dict(python="3.13", freeze="pip-freeze.gpu.2026.08-default.txt")}
+ALL_RUNTIMES = {**RUNTIMES,
+                DEFAULT_RUNTIME: dict(python="3.13", freeze="pip-freeze.gpu.2026.08-default.txt", stack="hf")}
 OS_INFO = {"2025.07": "os-info.2025.07.txt", "2026.07": "os-info-gpu.2026.07.txt",
            DEFAULT_RUNTIME: "os-info-gpu.2026.08-default.txt"}
 
@@ -184,8 +198,18 @@ def fake_environment(freeze: dict[str, tuple[str, str]], python: str, root: Path
     return venv_python
 
 
+def keep_constraints(freeze: dict[str, tuple[str, str]], keep: tuple[str, ...], path: Path) -> Path | None:
+    """A pip constraints file pinning each `keep` package to its preinstalled version (what the setup cell passes
+    with -c), or None when there is nothing to keep."""
+    lines = [f"{freeze[n][0]}=={freeze[n][1]}" for n in map(normalize, keep) if n in freeze]
+    if not lines:
+        return None
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def dry_run_command(python_for_pip: str, wheel: Path, python_version: str, requirements: Path, *,
-                    no_deps: bool = False) -> list[str]:
+                    no_deps: bool = False, constraints: Path | None = None) -> list[str]:
     abi = "cp" + python_version.replace(".", "")
     cmd = [python_for_pip, str(wheel / "pip"), "install", "--dry-run", "--only-binary=:all:",
            "--python-version", python_version, "--implementation", "cp", "--abi", abi]
@@ -193,6 +217,8 @@ def dry_run_command(python_for_pip: str, wheel: Path, python_version: str, requi
         cmd += ["--platform", platform]
     if no_deps:
         cmd.append("--no-deps")
+    if constraints is not None:
+        cmd += ["-c", str(constraints)]
     return cmd + ["--quiet", "--report", "-", "-r", str(requirements)]
 
 
@@ -202,6 +228,8 @@ class Resolution:
     runtime: str
     python: str
     interpreter: str  # the interpreter pip ran under ("" when the runtime's Python was not found here)
+    stack: str = "fast"  # which install: "fast" (Unsloth + vLLM pins) or "hf" (the default runtime's set)
+    keep: tuple[str, ...] = ()  # preinstalled packages the install must not replace
     returncode: int = 0
     stderr: str = ""
     installed: dict[str, str] = field(default_factory=dict)  # what pip installs (both steps): name -> version
@@ -232,6 +260,11 @@ class Resolution:
     def final_environment(self) -> dict[str, str]:
         return {**self.preinstalled, **self.installed}
 
+    def replaced_kept(self) -> list[str]:
+        """The `keep` packages the install would replace (must be none), as 'name before -> after'."""
+        return [f"{n} {self.preinstalled.get(n, '(none)')} -> {self.installed[n]}"
+                for n in map(normalize, self.keep) if n in self.installed]
+
     def unmet_nodeps_requirements(self) -> list[str]:
         """Requirements of the --no-deps packages that the environment after the install does not satisfy, except
         those in NODEPS_EXCEPTIONS. Markers are evaluated for the runtime's Python on Linux x86_64."""
@@ -256,14 +289,21 @@ class Resolution:
 
     def summary(self) -> str:
         ch = self.changes()
-        lines = [f"runtime {self.runtime} (Python {self.python}, {len(self.preinstalled)} packages preinstalled): "
-                 f"the install adds {len(ch['new'])}, upgrades {len(ch['upgraded'])}, downgrades "
-                 f"{len(ch['downgraded'])}, replaces {len(ch['replaced'])} at the same version"]
+        lines = [f"runtime {self.runtime} (Python {self.python}, {len(self.preinstalled)} packages preinstalled, "
+                 f"{self.stack} install): the install adds {len(ch['new'])}, upgrades {len(ch['upgraded'])}, "
+                 f"downgrades {len(ch['downgraded'])}, replaces {len(ch['replaced'])} at the same version"]
+        if ch["new"] and self.stack == "hf":  # a short list there (the fast path adds vLLM's ~45 dependencies)
+            lines.append("  new: " + ", ".join(f"{n} {b}" for n, _, b in ch["new"]))
         for kind in ("downgraded", "upgraded", "replaced"):
             if ch[kind]:
                 lines.append(f"  {kind}: " + ", ".join(f"{n} {a} -> {b}" for n, a, b in ch[kind]))
         critical = [n for n, _, _ in ch["downgraded"] if n in RUNTIME_CRITICAL]
         lines.append(f"  run-time packages downgraded: {', '.join(critical) if critical else 'none'}")
+        if self.keep:
+            kept = [f"{n} {self.preinstalled.get(normalize(n), '(none)')}" for n in self.keep]
+            replaced = self.replaced_kept()
+            lines.append(f"  kept (pip constraint): {', '.join(kept)}"
+                         + (f"; REPLACED: {', '.join(replaced)}" if replaced else ": not replaced"))
         return "\n".join(lines)
 
 
@@ -273,11 +313,13 @@ def _read_report(stdout: str) -> dict[str, dict]:
 
 
 class Job:
-    """One runtime's resolution running in the background: start() returns at once, result() waits."""
+    """One runtime's resolution running in the background: start() returns at once, result() waits. `stack`
+    ("fast" or "hf") overrides the install the runtime gets (the test resolves the fast pins on 3.13 too)."""
 
-    def __init__(self, runtime: str, workdir: Path | None = None, cache: Path | None = None):
+    def __init__(self, runtime: str, workdir: Path | None = None, cache: Path | None = None, stack: str | None = None):
         self.runtime = runtime
         self.spec = ALL_RUNTIMES[runtime]
+        self.stack = stack or self.spec["stack"]
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"colab-{runtime}-"))
         self.cache = Path(cache or Path.home() / ".cache" / "logprob-curriculum" / "pip-wheel")
         self.procs: list = []
@@ -287,15 +329,17 @@ class Job:
         python = self.spec["python"]
         interpreter = find_python(python)
         freeze = parse_freeze(COLAB_DATA / self.spec["freeze"])
-        self.resolution = Resolution(self.runtime, python, interpreter or "",
+        stack = STACKS[self.stack]
+        self.resolution = Resolution(self.runtime, python, interpreter or "", self.stack, stack["keep"],
                                      preinstalled={k: v for k, (_, v) in freeze.items()})
         env_python = fake_environment(freeze, interpreter or sys.executable, self.workdir / "venv")
+        constraints = keep_constraints(freeze, stack["keep"], self.workdir / "keep.txt")
         wheel = pip_wheel(self.cache)
-        for requirements, no_deps in ((REQUIREMENTS, False), (NODEPS_REQUIREMENTS, True)):
+        for requirements, no_deps in stack["steps"]:
             out = tempfile.TemporaryFile("w+")
             err = tempfile.TemporaryFile("w+")
-            proc = subprocess.Popen(dry_run_command(env_python, wheel, python, requirements, no_deps=no_deps),
-                                    stdout=out, stderr=err, text=True, env=pip_env())
+            cmd = dry_run_command(env_python, wheel, python, requirements, no_deps=no_deps, constraints=constraints)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=pip_env())
             self.procs.append((proc, out, err, no_deps))
         return self
 
@@ -334,17 +378,17 @@ class Job:
 
 
 def resolve(runtime: str, timeout: float = 900) -> Resolution:
-    """Resolve the Colab requirements on `runtime` (a key of RUNTIMES) and wait for the result."""
+    """Resolve the Colab install of `runtime` (a key of ALL_RUNTIMES) and wait for the result."""
     return Job(runtime).start().result(timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runtime", choices=list(RUNTIMES), action="append",
-                        help="runtime version (default: every supported one)")
+    parser.add_argument("--runtime", choices=list(ALL_RUNTIMES), action="append",
+                        help="runtime version (default: every one)")
     parser.add_argument("--json", type=Path, help="write what each install changes to this file")
     args = parser.parse_args(argv)
-    jobs = [Job(r).start() for r in (args.runtime or list(RUNTIMES))]
+    jobs = [Job(r).start() for r in (args.runtime or list(ALL_RUNTIMES))]
     results, code = {}, 0
     for job in jobs:
         res = job.result()
@@ -356,8 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         unmet = res.unmet_nodeps_requirements()
         for line in unmet:
             print(f"  UNMET: {line}")
-        code = code or (1 if unmet else 0)
-        results[res.runtime] = {"python": res.python, "interpreter": res.interpreter, **res.changes()}
+        code = code or (1 if unmet or res.replaced_kept() else 0)
+        results[res.runtime] = {"python": res.python, "interpreter": res.interpreter, "stack": res.stack,
+                                **res.changes()}
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return code

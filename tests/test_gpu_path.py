@@ -19,7 +19,7 @@ GPUS = {  # name: (compute capability, memory in GiB)
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    def install(name):
+    def install(name, unsloth=True):  # unsloth=False: Colab's default runtime (Python 3.13), where it cannot install
         cap, gib = GPUS[name]
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
@@ -27,6 +27,7 @@ def fake_gpu(monkeypatch):
                             lambda device=None: SimpleNamespace(name=name, total_memory=int(gib * 2**30)))
         # The trap: since torch 2.4 is_bf16_supported() counts emulation and says True on a T4.
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+        monkeypatch.setattr(runtime, "unsloth_installed", lambda: unsloth)
         monkeypatch.delenv("GRPO_PRESET", raising=False)
         runtime.reset_hardware_cache()
 
@@ -46,6 +47,21 @@ def test_auto_preset_and_precision_follow_capability_and_memory(fake_gpu, gpu, p
     cfg = config.preset(preset)
     assert runtime.resolve_precision(cfg.precision) == precision
     config.validate(cfg, gpu_available=True)
+
+
+@pytest.mark.parametrize("gpu, precision", [("Tesla T4", "fp16"), ("NVIDIA L4", "bf16"),
+                                            ("NVIDIA A100-SXM4-80GB", "bf16")])
+def test_a_gpu_without_unsloth_gets_the_hf_preset_and_backend(fake_gpu, gpu, precision, capsys):
+    """Colab's default runtime: no Unsloth, so PRESET="auto" picks gpu-hf (sized for transformers' generate) and
+    BACKEND="auto" picks hf without trying the import."""
+    fake_gpu(gpu, unsloth=False)
+    assert config.choose_preset("auto") == "gpu-hf"
+    cfg = config.preset("gpu-hf")
+    assert cfg.model_name == "Qwen/Qwen2.5-0.5B-Instruct" and not cfg.load_in_4bit
+    assert runtime.resolve_precision(cfg.precision) == precision
+    config.validate(cfg, gpu_available=True)
+    assert runtime.pick_backend(cfg.backend) == "hf"
+    assert "Unsloth is not installed" in capsys.readouterr().out
 
 
 def test_no_gpu_gives_cpu(monkeypatch):

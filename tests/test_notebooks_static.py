@@ -115,7 +115,7 @@ def test_setup_restarts_the_runtime_only_after_a_fresh_checked_install():
 
     src = inspect.getsource(colab_setup.prepare)
     assert SMOLLM2 == colab_setup.SMOLLM2 and SMOLLM2 in (ROOT / "scripts" / "setup.sh").read_text()
-    order = [src.index(s) for s in ("python_supported()", "install_commands(repo)", "import_check(gpu)",
+    order = [src.index(s) for s in ("install_plan()", "install_commands(repo)", "import_check(gpu",
                                     "stamp.write_text(", "os.kill(os.getpid(), 9)")]
     assert order == sorted(order), "check runtime, install, import check, stamp, then os.kill"
     assert "run all cells again" in src.lower(), "tell the user what to do after the restart"

@@ -83,6 +83,10 @@ GRIDS: dict[str, list[dict]] = {
     # The full grid (14 variants × 300 steps). At an assumed ~6 s/step for Qwen2.5-3B on an A100 (not
     # measured) that is ~7 h: several sessions, each resuming where the last stopped.
     "a100": _A100,
+    # gpu-hf (a GPU without Unsloth, e.g. Colab's default runtime: generation through transformers): the cpu grid's
+    # three variants, which show what cancels, 40 steps each (GRID_OVERRIDES). Estimate, not measured: ~13 s/step on a
+    # T4 (config.py's gpu-hf comment) x 40 x 3 = 26 min, + the cold start and 4 evaluations of 50 questions ≈ 35 min.
+    "gpu-hf": [_BY_NAME[n] for n in ("sum_only", "mean_only", "mean_only_noscale")],
 }
 # Base-config overrides for the grid runs on top of the preset of the same name (shorter than a full run).
 GRID_OVERRIDES: dict[str, dict] = {
@@ -94,6 +98,7 @@ GRID_OVERRIDES: dict[str, dict] = {
     "cpu": {**config_mod.CPU_GSM8K_BUDGET, "max_steps": 18, "save_steps": 6, "eval_size": 20},
     "t4": {"max_steps": 150, "save_steps": 25, "eval_size": 100},
     "a100": {"max_steps": 300, "save_steps": 50},
+    "gpu-hf": {"max_steps": 40, "save_steps": 20, "eval_size": 50},
 }
 
 

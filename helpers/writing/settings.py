@@ -35,6 +35,10 @@ WRITING_OVERRIDES = {
                max_target_tokens=384, train_size=5000, eval_size=100, max_steps=300, sft_steps=0),
     "a100": dict(max_prompt_length=512, max_completion_length=768, eval_max_new_tokens=768, max_plan_tokens=256,
                  max_target_tokens=512, train_size=20000, eval_size=200, max_steps=500, sft_steps=0),
+    # gpu-hf (generation through transformers): 100 steps of 8 plans + stories <= 256 tokens, ~13 s a step on a T4
+    # (an estimate, config.py's gpu-hf comment) ≈ 22 min + the cold start and two evaluations of 50 stories.
+    "gpu-hf": dict(max_prompt_length=512, max_completion_length=256, eval_max_new_tokens=256, max_plan_tokens=96,
+                   max_target_tokens=192, train_size=2000, eval_size=50, max_steps=100),
 }
 
 
