@@ -69,6 +69,11 @@ class RunConfig:
     task: str = "gsm8k"  # which questions (helpers/tasks.py): "gsm8k", or "arith": generated arithmetic word
     # problems of 1-3 operations (helpers/arith.py), within reach of the embedded 135M model, which solves ~0-2 % of
     # GSM8K (the cpu preset; t4/a100 stay on GSM8K). Prompts, rewards, scorer and probe are the same for both.
+    train_levels: tuple[int, ...] = ()  # arith: train GRPO on these levels (operation counts) only, () = all; other
+    # tasks ignore it.
+    # A group of 8 answers that are all wrong gives no correctness gradient: after the cold start SmolLM2-135M solves
+    # 42 % of level 1, 12 % of level 2 and 5 % of level 3 (benchmarks/results, 2026-12-04), so level 3 is past its
+    # reach. The probe and the transfer sets keep every level: what is measured does not change.
     transfer_size: int = 0  # after the cold start and after GRPO, also evaluate this many SVAMP problems and GSM8K
     # test questions (GSM8K only when the task is not GSM8K itself): does a gain transfer? (0 = off)
     dataset_source: str = "auto"  # auto (hub on Colab, bundled elsewhere) | hub | bundled
@@ -102,6 +107,8 @@ class RunConfig:
     max_grad_norm: float = 0.1  # gradients are clipped to this global L2 norm (small: RL gradients are noisy)
     adam_beta1: float = 0.9  # AdamW first-moment decay
     adam_beta2: float = 0.99  # AdamW second-moment decay
+    fast_step: str = "auto"  # hf backend: generate with the lean decode loop (helpers/fastgen.py) and run each group's
+    # prompt once in the loss forward (helpers/faststep.py). auto = on CPU in one process; on | off. Same step, less work.
     # --- cold start (SFT on tagged gold solutions before GRPO, as DeepSeek-R1 did) ----------
     sft_steps: int = 0
     sft_batch: int = 4
@@ -135,6 +142,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lora_targets"] = list(self.lora_targets)
+        d["train_levels"] = list(self.train_levels)
         return d
 
     @classmethod
@@ -146,8 +154,9 @@ class RunConfig:
                 f"{sorted(f.name for f in dataclasses.fields(cls))}."
             )
         d = dict(d)
-        if "lora_targets" in d:
-            d["lora_targets"] = tuple(d["lora_targets"])
+        for name in ("lora_targets", "train_levels"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
 
     def override(self, **changes: Any) -> "RunConfig":
@@ -179,23 +188,21 @@ _PRESETS: dict[str, dict[str, Any]] = {
     ),
     # A real short run on a 2-core laptop with SmolLM2-135M, on the graded arithmetic task (task "arith", helpers/arith.py:
     # SmolLM2-135M solves 0-2 % of GSM8K, ~20 % of these problems after its cold start). 40 cold-start SFT steps of 4,
-    # then 25 GRPO steps of 2 problems x G=8 completions of <= 96 tokens (each generate call is one batch of 16),
-    # learning rate 2e-4 and no KL term (beta 0; at lr 2e-5 and beta 0.04 GRPO barely moved the policy, KL ~1e-4); the
-    # probe is 200 held-out problems, the transfer sets 50 SVAMP + 50 GSM8K problems, greedy answers <= 96 tokens.
-    # One checkpoint (step 13), so a notebook probes once between the start and end probes: each probe of 200 problems
-    # takes 144 s on 2 threads (benchmark, 2026-12-04), and with two mid-run probes (save_steps 10, which the
-    # benchmark runs below used: it probes only at the start and end) notebook 02 would near 30 min (an estimate).
-    # Measured with benchmarks/learning.py (one seed = cold start, probes, rule and logprob GRPO side by side): 26.3 min
-    # on a 2-core Xeon with AMX (bf16 base; 29-35 s a GRPO step on one thread each, 2026-12-04), 32.3 min on another
-    # 2-core AMX machine and 54.0 min on a 2-core AMD EPYC with AVX2 only (fp32; 61-65 s a step), 2026-12-03. What it
-    # moved over 3 seeds (docs/results.md): strict accuracy 0.195 -> 0.220 rule (+0.025 [-0.002, +0.052], within noise)
-    # and -> 0.235 logprob (+0.040 [+0.012, +0.068]), all on the one-operation problems. The budget before 2026-12-03
-    # is CPU_GSM8K_BUDGET below.
+    # then 50 GRPO steps of 2 problems x G=8 completions of <= 96 tokens, on the levels within the model's reach after
+    # the cold start (train_levels 1-2: it solves 42 % / 12 % / 5 % of levels 1 / 2 / 3), learning rate 2e-4 and no KL
+    # term (beta 0; at lr 2e-5 and beta 0.04 GRPO barely moved the policy, KL ~1e-4); the probe is 400 held-out problems
+    # of every level (a paired interval of about +-0.035 instead of +-0.05 at 200), the transfer sets 50 SVAMP + 50
+    # GSM8K problems, greedy answers <= 96 tokens. The step is helpers/faststep.py's (fast_step auto: the lean decoder
+    # over the live weights, each group's prompt run once in the loss): half the seconds of TRL's own hf step at equal
+    # work (benchmarks/generation.py), and finished answers stop early, so the budget buys 50 steps instead of 25.
+    # One checkpoint (step 25), so a notebook probes once between the start and end probes. Measured with
+    # benchmarks/learning.py --seeds 3: docs/results.md and benchmarks/results/learning_latest.txt. The budget before
+    # 2026-12-03 is CPU_GSM8K_BUDGET below.
     "cpu": dict(
-        task="arith", max_steps=25, num_generations=8, per_device_batch=16, max_prompt_length=256,
-        max_completion_length=96, train_size=400, eval_size=30, eval_max_new_tokens=96,
-        eval_batch_size=25, save_steps=13, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
-        lora_r=16, lora_alpha=32, learning_rate=2e-4, beta=0.0, temperature=1.0, probe_size=200, transfer_size=50,
+        task="arith", train_levels=(1, 2), max_steps=50, num_generations=8, per_device_batch=16,
+        max_prompt_length=256, max_completion_length=96, train_size=400, eval_size=30, eval_max_new_tokens=96,
+        eval_batch_size=25, save_steps=25, sft_steps=40, sft_batch=4, sft_learning_rate=3e-4,
+        lora_r=16, lora_alpha=32, learning_rate=2e-4, beta=0.0, temperature=1.0, probe_size=400, transfer_size=50,
     ),
     # Free Colab T4 (15 GB, no bf16): Qwen2.5-1.5B in 4 bit (cost: estimates only, see notebook 01's table), fp16 (bf16 on an L4, which also gets this preset).
     # Use Qwen2.5-0.5B-Instruct to go faster.
@@ -234,7 +241,7 @@ PRESETS = tuple(_PRESETS)
 # The cpu budget that notebooks 03, 04 and 05 were measured with (2026-11-30, GSM8K, fp32, one question x G=4 per
 # step, 128-token answers): their overrides (GRID_OVERRIDES, WRITING_OVERRIDES, BEYOND_OVERRIDES) start from it, so
 # their committed results stay reproducible now that the cpu preset trains notebooks 01/02 on the arith task.
-CPU_GSM8K_BUDGET = dict(task="gsm8k", num_generations=4, per_device_batch=4, max_completion_length=128,
+CPU_GSM8K_BUDGET = dict(task="gsm8k", train_levels=(), num_generations=4, per_device_batch=4, max_completion_length=128,
                         eval_max_new_tokens=128, probe_size=100, transfer_size=0, precision="fp32")
 
 
@@ -324,6 +331,12 @@ def validate(cfg: RunConfig, *, num_processes: int = 1, gpu_available: bool | No
             f"Unknown dataset_source {cfg.dataset_source!r}. Choose 'auto' (hub on Colab, bundled elsewhere), "
             "'hub' or 'bundled'."
         )
+    if not set(cfg.train_levels) <= {1, 2, 3}:
+        raise ConfigError(f"train_levels={list(cfg.train_levels)}: the arith task has levels 1, 2 and 3 (the number "
+                          "of operations); () trains on every level.")
+    if cfg.fast_step not in ("auto", "on", "off"):
+        raise ConfigError(f"Unknown fast_step {cfg.fast_step!r}. Choose 'auto' (on for the hf backend on CPU), "
+                          "'on' or 'off' (TRL's own generation and loss forward).")
     if cfg.backend not in ("auto", "hf", "unsloth"):
         raise ConfigError(f"Unknown backend {cfg.backend!r}. Choose 'auto', 'hf' or 'unsloth'.")
     if cfg.backend == "unsloth" and cfg.model_name == EMBEDDED_MODEL:

@@ -62,8 +62,10 @@ class Experiment:
     def load_rows(self):
         """(train rows, evaluation rows) of cfg.task."""
         cfg = self.cfg
-        return (tasks.train_rows(cfg.task, cfg.train_size, cfg.dataset_source),
-                tasks.eval_rows(cfg.task, cfg.eval_size, cfg.dataset_source))
+        rows = tasks.train_rows(cfg.task, cfg.train_size, cfg.dataset_source)
+        if cfg.train_levels and cfg.task == "arith":  # GRPO on the levels within reach (the cold start keeps its rows)
+            rows = [r for r in rows if r.get("level") in cfg.train_levels]
+        return rows, tasks.eval_rows(cfg.task, cfg.eval_size, cfg.dataset_source)
 
     def train_dataset(self):
         return data.grpo_dataset(self.train_rows, tag_style=self.cfg.tag_style)
@@ -77,7 +79,8 @@ class Experiment:
     def sft_rows(self) -> list[dict]:
         """Cold-start examples: training questions *not* used by GRPO (when there are enough)."""
         all_train = tasks.train_rows(self.cfg.task, None, self.cfg.dataset_source)
-        return all_train[len(self.train_rows):] or all_train
+        used = self.cfg.train_size if self.cfg.train_size is not None else len(self.train_rows)
+        return all_train[used:] or all_train
 
     sft_kwargs: dict = {}
     pre_training_labels: tuple[str, ...] = ("before",)  # evaluations GRPO does not make stale  # passed to training.cold_start_sft (completion_fn, dataset_fn)

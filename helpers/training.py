@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import faststep
 from .config import EMBEDDED_MODEL, RunConfig
-from .runtime import atomic_write_json, atomic_write_text, has_cuda, is_main_process, resolve_precision
+from .runtime import (atomic_write_json, atomic_write_text, has_cuda, is_main_process, num_processes,
+                      resolve_precision)
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ROOT = Path(os.environ.get("HELPERS_CACHE", Path.home() / ".cache" / "logprob-curriculum"))
@@ -159,9 +161,16 @@ def load_model(cfg: RunConfig, backend: str):
         _fix_special_tokens(tok)
         base.generation_config.eos_token_id = tok.eos_token_id
         base.generation_config.pad_token_id = tok.pad_token_id
+    if has_cuda() and num_processes() == 1:  # the hf backend on one GPU (Colab's default runtime, gpu-check): the
+        base = base.to("cuda")  # self-check and the first evaluation run before any trainer would move it
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
-    return get_peft_model(base, lora), tok
+    model = get_peft_model(base, lora)
+    if faststep.applies(cfg, "hf"):  # every generate call (evaluations, probes, GRPO) through the lean decoder
+        from . import fastgen
+
+        fastgen.install(model)
+    return model, tok
 
 
 def load_adapter_weights(model, adapter_dir: str | Path) -> None:
@@ -340,6 +349,7 @@ BOOKKEEPING_FIELDS = frozenset({
     "run_name", "project",  # where the run lives, not what it computes
     "eval_batch_size", "logging_steps", "save_steps", "save_total_limit", "report_to", "self_check",
     "vllm_server_url", "gpu_memory_utilization",
+    "fast_step",  # the same step computed with less work (helpers/faststep.py); a run may resume with either
 })
 
 
@@ -517,12 +527,18 @@ def merge_and_refresh_lora(model, seed: int = 0):
     import torch
     from peft import get_peft_model
 
+    from . import fastgen
+
+    fast = fastgen.installed(model) is not None
     lora_config = copy.deepcopy(model.peft_config["default"])
     base = model.merge_and_unload()
     if hasattr(base, "peft_config"):  # left behind by merge_and_unload; would make peft stack a second adapter
         del base.peft_config
     torch.manual_seed(seed)
-    return get_peft_model(base, lora_config)
+    fresh = get_peft_model(base, lora_config)
+    if fast:  # the new model generates as the old one did (a new decoder over its own modules)
+        fastgen.install(fresh)
+    return fresh
 
 
 # ---------------------------------------------------------------------------------------
@@ -592,6 +608,8 @@ def train_grpo(cfg: RunConfig, model, tokenizer, reward_funcs: Sequence[Callable
 
     weights = [float(cfg.reward_weights.get(f.__name__, 1.0)) for f in reward_funcs]
     args = grpo_args(cfg, run_dir, backend)
+    if faststep.applies(cfg, backend):  # same step, less work: lean generation, each group's prompt run once
+        trainer_cls = faststep.trainer_class(trainer_cls or GRPOTrainer)
     args.reward_weights = weights
     resume = latest_checkpoint(args.output_dir)
     trainer = (trainer_cls or GRPOTrainer)(

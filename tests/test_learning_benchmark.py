@@ -245,3 +245,12 @@ def test_a_rerun_reads_finished_runs_without_a_child_and_keeps_their_logs(learni
     assert set(results[2]) == set(learning.KINDS) and set(results[1]["rule"]["transfer"]) == {"svamp", "gsm8k"}
     for kind in learning.KINDS:
         assert (tmp_path / f"{learning.run_dir_of(kind, 1)}.log").read_text() == "the finished run's log\n"
+
+
+def test_every_seed_keys_report_the_weakest_seed(learning):
+    seeds = {1: {"headline": {"rule_accuracy_ci95": [0.01, 0.09], "logprob_accuracy_ci95": [0.02, 0.1]}},
+             2: {"headline": {"rule_accuracy_ci95": [-0.004, 0.07], "logprob_accuracy_ci95": [0.03, 0.12]}}}
+    line = learning.every_seed_keys(seeds, 21.46)
+    assert line == ("rule_accuracy_ci95_min_low=-0.004 logprob_accuracy_ci95_min_low=0.020 "
+                    "minutes_first_seed=21.5 seeds=1,2")
+    assert learning.LATEST.parent.name == "results"
