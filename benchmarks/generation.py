@@ -114,10 +114,9 @@ def plain_part(cfg, precisions, batches, tokens, repeats, models=("lora",), bf16
     return out
 
 
-def step_part(cfg, precisions, steps) -> dict:
+def step_timer_class():
+    """A TrainerCallback class that times each optimizer step (on_step_begin to on_step_end) into `.times`."""
     from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import GRPOTrainer
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -129,6 +128,14 @@ def step_part(cfg, precisions, steps) -> dict:
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.t0)
 
+    return StepTimer
+
+
+def step_part(cfg, precisions, steps) -> dict:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import GRPOTrainer
+
+    StepTimer = step_timer_class()
     out = {}
     ds = data.grpo_dataset(data.load_gsm8k_rows("train", "bundled", n=steps * cfg.prompts_per_step))
     for precision in precisions:
@@ -235,18 +242,7 @@ def compare_part(cfg, precision: str, steps: int, natural: bool = False) -> dict
     number of completions, each trained on once (num_iterations 1). Lengths: forced to max_completion_length on
     both paths (min_new_tokens = max_new_tokens, so neither can stop early: equal work), or, with natural=True,
     sampled freely (each path's own lengths: not equal work, shown apart). The same seed on both paths."""
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.t0 = [], None
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            self.times.append(time.perf_counter() - self.t0)
-
+    StepTimer = step_timer_class()
     out = {}
     rows = tasks.train_rows(cfg.task, steps * cfg.prompts_per_step)
     ds = data.grpo_dataset(rows)

@@ -52,7 +52,7 @@ BEYOND_OVERRIDES = {
                   rerank_questions=2, error_set_rows=2),
     # cpu: on GSM8K at the budget its results were measured with (config.CPU_GSM8K_BUDGET); part 1 then needs
     # notebook 01/02 runs of that budget (pipeline.baseline_results refuses runs of another task).
-    "cpu": dict(**config_mod.CPU_GSM8K_BUDGET, llh_pool_size=200, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
+    "cpu": dict(**config_mod.CPU_GSM8K_BUDGET, max_steps=25, save_steps=13, llh_pool_size=200, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
                 rerank_questions=30, error_set_rows=30) | dict(probe_size=60),
     "t4": dict(llh_pool_size=1000, llh_subset_size=256, llh_dynamics_n=32, llh_dynamics_every=8, rerank_samples=8,
                rerank_questions=200, error_set_rows=150),

@@ -12,7 +12,9 @@ only exist there check themselves where they run, on every backend (CI runs them
    the run asked for; on CPU, bf16 without bf16 matrix units is allowed but noted as slow);
 3. once an adapter is trained, the generator really uses it: vLLM's greedy output with the LoRA differs
    from the base model's on a fixed prompt (Unsloth), or the logits with the adapter on differ from the
-   adapter off (hf);
+   adapter off (hf); where the hf backend generates through helpers.fastgen's decoder (CPU), it computes the
+   model's own distributions and follows a change of the adapter (`check_fast_generator`, at start-up; GRPO
+   re-checks the first half at every step, helpers/faststep.py);
 4. where a score compares the policy with its own base (notebook 05's implicit reward log pi_SFT - log pi_base,
    adapter on vs `model.disable_adapter()`), switching the adapter off really changes what the *scorer* computes
    (`check_reference`): on Unsloth the fast LoRA kernels must honour PEFT's disable flag, or every implicit
@@ -147,13 +149,62 @@ def run(model, tokenizer, cfg, backend: str) -> dict:
 
     t0 = time.time()
     out = {"backend": backend, **check_precision(model, resolve_precision(cfg.precision)),
-           **check_scorer(model, tokenizer)}
+           **check_scorer(model, tokenizer), **check_fast_generator(model, tokenizer)}
     out["seconds"] = round(time.time() - t0, 2)
+    fast = (f", fast generator = model (mean KL {out['generator_kl']:.1e}) and follows the adapter"
+            if "generator_kl" in out else "")
     print(f"[self-check] ok on {backend}: scorer = causal forward within {out['scorer_max_abs_diff']:.1e} nats "
-          f"(tolerance {out['tolerance']:g}), causal, weights {out['weights']} on "
+          f"(tolerance {out['tolerance']:g}), causal{fast}, weights {out['weights']} on "
           f"{out['gpu'] if out['gpu'] not in (None, 'none') else 'the CPU'} "
           f"({out['seconds']} s)")
     return out
+
+
+def check_fast_generator(model, tokenizer) -> dict:
+    """Where `model.generate` is helpers.fastgen's decoder (hf backend on CPU): it computes the model's own
+    next-token distributions (mean KL within faststep.GAP_TOLERANCE), and it follows the adapter: after a
+    perturbation of every LoRA B matrix (undone at once) its distributions move and still match the model's, so a
+    decoder reading stale weights fails here. {} when the decoder is not installed."""
+    import torch
+
+    from . import fastgen
+    from .faststep import GAP_TOLERANCE
+    from .logprob import eval_mode
+
+    if fastgen.installed(model) is None:
+        return {}
+    text = tokenizer.apply_chat_template(_ADAPTER_PROMPT, tokenize=False, add_generation_prompt=True)
+    enc = tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    dtype = str(_weight_dtype(model)).replace("torch.", "")
+    tol = GAP_TOLERANCE["fp32" if dtype == "float32" else "bf16"]
+    decoder = fastgen.installed(model).decoder
+    with eval_mode(model):  # the decoder refuses LoRA dropout in training mode
+        kl = fastgen.check_against_model(model, ids, mask)
+        before = torch.log_softmax(decoder.logits(ids, mask), -1)
+        lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        saved = [p.detach().clone() for p in lora_b]
+        try:
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in lora_b:
+                    p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.1)
+            after = torch.log_softmax(decoder.logits(ids, mask), -1)
+            kl_after = fastgen.check_against_model(model, ids, mask)
+        finally:
+            with torch.no_grad():
+                for p, old in zip(lora_b, saved):
+                    p.copy_(old)
+    moved = float((before.exp() * (before - after)).sum(-1).mean()) if lora_b else 0.0
+    if not kl <= tol or not kl_after <= tol:
+        raise SelfCheckError(f"Self-check failed: the fast generator's next-token distributions differ from the "
+                             f"model's (mean KL {max(kl, kl_after):.3g} nats, tolerance {tol}). Set "
+                             "fast_step='off' (RunConfig) to generate with transformers' generate, and report this.")
+    if lora_b and not moved > max(10 * max(kl, kl_after), 1e-3):  # far beyond the decoder's own rounding
+        raise SelfCheckError(f"Self-check failed: changing the LoRA adapter moved the fast generator's "
+                             f"distributions by only {moved:.3g} nats (mean KL): it does not read the current "
+                             "adapter. Set fast_step='off' (RunConfig) and report this.")
+    return {"generator_kl": kl, "generator_kl_perturbed": kl_after, "generator_follows_adapter": moved}
 
 
 # ---------------------------------------------------------------------------------------

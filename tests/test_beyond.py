@@ -68,7 +68,7 @@ def test_grpo_config_is_notebook_01_02s_run():
 
 def test_question_exposures():
     cfg = config.preset("cpu")
-    assert beyond.question_exposures(cfg) == 25 * 2 and beyond.question_exposures(cfg, 2) == 100  # 2 questions x G=8
+    assert beyond.question_exposures(cfg) == 50 * 2 and beyond.question_exposures(cfg, 2) == 200  # 2 questions x G=8
     assert beyond.question_exposures(beyond.beyond_config("cpu")) == 25 * 1  # notebook 05's GSM8K budget
     assert beyond.question_exposures(config.preset("a100")) == 1000 * 2
 

@@ -277,17 +277,23 @@ def skip_if_offline():
 README = ROOT / "README.md"
 
 
-@pytest.mark.network
-@pytest.mark.parametrize("runtime", list(colab_resolve.RUNTIMES))
-def test_pins_resolve_on_each_supported_runtime_over_its_preinstalled_packages(runtime):
+def resolved_or_fail(runtime: str, what: str):
+    """The background resolution of `runtime` (printed), skipping when the registry is unreachable, failing with
+    pip's message when it does not resolve."""
     skip_if_offline()
     res = resolution(runtime)
     if not res.ok:
         if looks_like_network_failure(res.stderr) and registry_unreachable.__wrapped__():
             pytest.skip(f"package registry became unreachable during resolution:\n{tail(res.stderr, 8)}")
-        pytest.fail(f"pip could not resolve the Colab requirements on runtime {runtime} "
-                    f"(Python {res.python}, exit {res.returncode}):\n{tail(res.stderr)}")
+        pytest.fail(f"pip could not resolve {what} (Python {res.python}, exit {res.returncode}):\n{tail(res.stderr)}")
     print("\n" + res.summary())
+    return res
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("runtime", list(colab_resolve.RUNTIMES))
+def test_pins_resolve_on_each_supported_runtime_over_its_preinstalled_packages(runtime):
+    res = resolved_or_fail(runtime, f"the Colab requirements on runtime {runtime}")
     if not res.interpreter:  # still a real resolution (wheel tags and Requires-Python are the runtime's)
         print(f"note: no Python {res.python} on this machine: pip ran on {sys.version.split()[0]} with "
               f"--python-version {res.python}, so environment markers were evaluated for this interpreter")
@@ -332,14 +338,7 @@ def test_default_runtime_python_313_gets_the_hf_set_over_its_own_torch():
     assert colab_resolve.ALL_RUNTIMES[colab_resolve.DEFAULT_RUNTIME]["stack"] == "hf"
     assert colab_resolve.STACKS["hf"]["keep"] == colab_setup.KEEP, "the resolver keeps what the setup cell keeps"
 
-    skip_if_offline()
-    res = resolution(colab_resolve.DEFAULT_RUNTIME)
-    if not res.ok:
-        if looks_like_network_failure(res.stderr) and registry_unreachable.__wrapped__():
-            pytest.skip(f"package registry became unreachable during resolution:\n{tail(res.stderr, 8)}")
-        pytest.fail(f"pip could not resolve requirements-colab-hf.txt on the default runtime (exit "
-                    f"{res.returncode}):\n{tail(res.stderr)}")
-    print("\n" + res.summary())
+    res = resolved_or_fail(colab_resolve.DEFAULT_RUNTIME, "requirements-colab-hf.txt on the default runtime")
     if not res.interpreter:
         print(f"note: no Python {res.python} on this machine: pip ran on {sys.version.split()[0]} with "
               f"--python-version {res.python}, so environment markers were evaluated for this interpreter")

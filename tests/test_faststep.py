@@ -218,3 +218,22 @@ def test_trainer_logs_the_generator_gap_and_stops_on_a_wrong_generator(tmp_path,
     with pytest.raises(RuntimeError, match="not sampling from the policy being trained"):
         make().train()
     fastgen.uninstall(model)
+
+
+def test_self_check_proves_the_generator_follows_the_adapter(lora_model, monkeypatch):
+    from helpers import selfcheck
+
+    model, tok, enc = lora_model
+    assert selfcheck.check_fast_generator(model, tok) == {}  # not installed: nothing to check
+    fastgen.install(model)
+    try:
+        out = selfcheck.check_fast_generator(model, tok)
+        assert out["generator_kl"] < 1e-6 and out["generator_follows_adapter"] > 1e-3
+        # a decoder that kept yesterday's weights: refresh() reads nothing new after the first call
+        decoder = fastgen.installed(model).decoder
+        decoder.refresh()
+        monkeypatch.setattr(decoder, "refresh", lambda: None)
+        with pytest.raises(selfcheck.SelfCheckError, match="fast generator"):
+            selfcheck.check_fast_generator(model, tok)
+    finally:
+        fastgen.uninstall(model)

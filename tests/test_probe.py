@@ -136,7 +136,7 @@ def test_probe_size_is_validated():
     with pytest.raises(config.ConfigError, match="probe_size"):
         config.validate(config.preset("smoke", probe_size=-1))
     config.validate(config.preset("smoke", probe_size=0))
-    assert config.preset("smoke").probe_size == 4 and config.preset("cpu").probe_size == 200  # >= 200 (arith task)
+    assert config.preset("smoke").probe_size == 4 and config.preset("cpu").probe_size == 400  # >= 200 (arith task)
     config.validate(config.preset("cpu", probe_size=450), gpu_available=False)  # the arith probe split has 450
     with pytest.raises(config.ConfigError, match="450"):
         config.validate(config.preset("cpu", probe_size=451), gpu_available=False)
