@@ -184,22 +184,10 @@ class FastDecoder:
         """Hidden states of `ids` (B, T) at absolute cache slots start..start+T-1; writes their K/V into the cache.
 
         mask_add: additive attention mask (B, 1, T, start+T) in the compute dtype (0 = attend, min = masked)."""
-        bsz, t = ids.shape
-        end = start + t
-
-        def store(i, k, v):
-            cache_k[i][:bsz, :, start:end] = k
-            cache_v[i][:bsz, :, start:end] = v
-            return cache_k[i][:bsz, :, :end], cache_v[i][:bsz, :, :end]
-
-        return self._layers(ids, positions, mask_add, store)
-
-    def _layers(self, ids, positions, mask_add, store):
-        """The decoder body: embeddings, every layer, the final norm. `store(layer, k, v)` keeps this call's keys and
-        values (after RoPE) and returns all keys/values the queries attend to."""
         import torch
 
         bsz, t = ids.shape
+        end = start + t
         h = self.embed(ids)
         cos, sin = self.rotary(h, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -212,8 +200,9 @@ class FastDecoder:
                                                                         self.head_dim).transpose(1, 2), cos, sin)
             q, k = qk[:, :self.n_heads], qk[:, self.n_heads:]
             v = qkv[..., self.q_out + self.kv_out:].reshape(bsz, t, self.n_kv, self.head_dim).transpose(1, 2)
-            keys, values = store(i, k, v)
-            end = keys.shape[2]
+            cache_k[i][:bsz, :, start:end] = k
+            cache_v[i][:bsz, :, start:end] = v
+            keys, values = cache_k[i][:bsz, :, :end], cache_v[i][:bsz, :, :end]
             # grouped-query attention without repeat_kv: (B, kv, groups*T, d) x (B, kv, d, S)
             qg = q.reshape(bsz, self.n_kv, groups * t, self.head_dim)
             w = torch.matmul(qg, keys.transpose(2, 3)) * self.scaling
@@ -383,7 +372,7 @@ def _request(kwargs: dict, generation_config, model) -> dict:
     if getattr(gc, "min_p", None):
         raise Unsupported("min_p")
     for name in ("bad_words_ids", "force_words_ids", "suppress_tokens", "begin_suppress_tokens", "stop_strings",
-                 "no_repeat_ngram_size", "max_length_override"):
+                 "no_repeat_ngram_size"):
         if getattr(gc, name, None):
             raise Unsupported(name)
     if not gc.max_new_tokens:

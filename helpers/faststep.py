@@ -107,7 +107,7 @@ def shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep: int, t
     the completion mask leaves out (after EOS) get 0 and no compute: TRL's loss masks them."""
     import torch
 
-    from .logprob import body_and_head, causal_lm, hidden_states
+    from .logprob import _new_cache, body_and_head, causal_lm, hidden_states
 
     c = int(logits_to_keep)
     p = input_ids.shape[1] - c
@@ -139,12 +139,6 @@ def shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep: int, t
         r, col = keep.nonzero(as_tuple=True)
         out = out.index_put((idx[r], col), lp)
     return out
-
-
-def _new_cache():
-    from transformers import DynamicCache
-
-    return DynamicCache()
 
 
 def generator_gap(model, input_ids, attention_mask) -> float:
