@@ -107,7 +107,7 @@ def shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep: int, t
     the completion mask leaves out (after EOS) get 0 and no compute: TRL's loss masks them."""
     import torch
 
-    from .logprob import _new_cache, body_and_head, causal_lm, hidden_states
+    from .logprob import new_cache, body_and_head, causal_lm, hidden_states
 
     c = int(logits_to_keep)
     p = input_ids.shape[1] - c
@@ -123,7 +123,7 @@ def shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep: int, t
         idx = torch.tensor(rows, device=input_ids.device)
         n = len(rows)
         prompt = prompt_ids[rows[0], p - n_prompt:].unsqueeze(0)
-        h_prompt, cache = hidden_states(model, prompt, torch.ones_like(prompt), past_key_values=_new_cache())
+        h_prompt, cache = hidden_states(model, prompt, torch.ones_like(prompt), past_key_values=new_cache())
         mask = comp_mask[idx]
         width = max(1, int(mask.sum(1).max()))  # the group's longest completion, EOS included
         full_mask = torch.cat([torch.ones(n, n_prompt, dtype=mask.dtype, device=mask.device), mask[:, :width]], 1)

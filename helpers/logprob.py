@@ -243,12 +243,12 @@ def _score_shared_prefix(model, items, batch_size, pad_id):
         return _score_bucketed(model, items, batch_size, pad_id)
     device = body_and_head(model)[1].weight.device
     prefix = torch.tensor([first_ids[:lcp]], device=device)
-    _, cache = hidden_states(model, prefix, torch.ones_like(prefix), past_key_values=_new_cache())
+    _, cache = hidden_states(model, prefix, torch.ones_like(prefix), past_key_values=new_cache())
     return _score_bucketed(model, items, batch_size, pad_id, past_for=lambda n: _repeat_cache(cache, n),
                            prefix_len=lcp)
 
 
-def _new_cache():
+def new_cache():
     from transformers import DynamicCache
 
     return DynamicCache()
