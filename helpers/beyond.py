@@ -39,21 +39,20 @@ RUN_NAME = "05_beyond"
 RULE_RUN, LOGPROB_RUN = "01_rule_based", "02_logprob"
 # Per-preset values of notebook 05's knobs (RunConfig fields, validated by config.validate). They live here, as the
 # writing task's WRITING_OVERRIDES do, so notebooks 01-04 keep the RunConfig defaults.
-# Time: smoke is sized for CI (nbmake; target <= 2 min on an idle 2-core CPU). cpu, measured 2026-11-30 on the 2-core
-# machine with notebooks 01/02's runs present: 33.3 min of wall time (part 1: cold start, 60-question start probe,
-# 25-step SFT arm and its probe, 10.8 min; part 2: pool scoring, own samples, three 8-step SFT runs with dynamics
-# and their probes, 14.2 min; part 3: 30 x 4 samples in 218 s and three scores; part 4: 60 examples; parts 3-4
-# 8.3 min), about 7 min of it shared with other jobs. The pool is 200 because only 82 of those 200 solutions fit the
-# 96-token SFT budget (3/4 of max_completion_length=128) and the high and low subsets need 64. When part 1 must
-# train and probe notebooks 01/02's runs too: about 80 min more (estimate). t4/a100: estimates only (notebook header).
+# Time: smoke is sized for CI (nbmake; target <= 2 min on an idle 2-core CPU). cpu: on the arith task of notebooks
+# 01/02 since 2026-12-05 (the GSM8K budget of 2026-11-30 took 33.3 min with 01/02's runs present); when 01/02's runs
+# are missing part 1 trains them first (about 20 min each on 2 cores, the cpu preset's comment). t4/a100: estimates
+# only (notebook header).
 BEYOND_OVERRIDES = {
     # smoke: subsets of 4 = 2 SFT steps of 2, because the first step of a warmed-up schedule has learning rate 0
     "smoke": dict(llh_pool_size=8, llh_subset_size=4, llh_dynamics_n=1, llh_dynamics_every=1, rerank_samples=2,
                   rerank_questions=2, error_set_rows=2),
-    # cpu: on GSM8K at the budget its results were measured with (config.CPU_GSM8K_BUDGET); part 1 then needs
-    # notebook 01/02 runs of that budget (pipeline.baseline_results refuses runs of another task).
-    "cpu": dict(**config_mod.CPU_GSM8K_BUDGET, max_steps=25, save_steps=13, llh_pool_size=200, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
-                rerank_questions=30, error_set_rows=30) | dict(probe_size=60),
+    # cpu: the cpu preset as notebooks 01/02 train it (the arith task, the same GRPO budget), so part 1 pairs their runs
+    # under their default names; 05's own probe is the first 200 of their 400 probe problems (part 1 compares on
+    # those). Part 3 samples 50 probe problems x 4 (the model solves about 20 % of them, so reranking has correct
+    # samples to find); part 4's error set needs 2-3 step solutions (levels 2 and 3 of the probe).
+    "cpu": dict(llh_pool_size=200, llh_subset_size=32, llh_dynamics_n=6, llh_dynamics_every=2, rerank_samples=4,
+                rerank_questions=50, error_set_rows=30, probe_size=200),
     "t4": dict(llh_pool_size=1000, llh_subset_size=256, llh_dynamics_n=32, llh_dynamics_every=8, rerank_samples=8,
                rerank_questions=200, error_set_rows=150),
     "a100": dict(llh_pool_size=1000, llh_subset_size=256, llh_dynamics_n=32, llh_dynamics_every=8, rerank_samples=8,
@@ -91,9 +90,8 @@ def grpo_config(cfg: RunConfig, stage: str, run_name: str) -> RunConfig:
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in config_mod.BEYOND_FIELDS}
     weights = dict.fromkeys(config_mod.RULE_REWARDS, 1.0) if stage == "rule" else pipeline.logprob_weights("mean")
-    probe_size = (config_mod.CPU_GSM8K_BUDGET["probe_size"] if cfg.preset == "cpu"  # notebook 01/02 at that budget
-                  else config_mod.preset(cfg.preset).probe_size)
-    return cfg.override(run_name=run_name, reward_weights=weights, probe_size=probe_size, **defaults)
+    return cfg.override(run_name=run_name, reward_weights=weights, probe_size=config_mod.preset(cfg.preset).probe_size,
+                        **defaults)
 
 
 def question_exposures(cfg: RunConfig, num_processes: int = 1) -> int:
@@ -331,7 +329,7 @@ class BeyondExperiment(pipeline.Experiment):
         out = self.part_dir("llh_select")
         if (out / "summary.json").exists() and (out / "changes.csv").exists():
             return self.load_part(out)
-        from .data import load_gsm8k_rows
+        from . import tasks
         from .dynamics import DynamicsCallback
 
         scored_csv = out / "pool_scored.csv"
@@ -340,7 +338,7 @@ class BeyondExperiment(pipeline.Experiment):
 
             scored = pd.read_csv(scored_csv, keep_default_na=False).to_dict("records")
         else:
-            all_train = load_gsm8k_rows("train", self.cfg.dataset_source)
+            all_train = tasks.train_rows(self.cfg.task, None, self.cfg.dataset_source)
             rows = training.fitting_rows(self.cfg, self.tokenizer,
                                          pool_rows(all_train, self.train_rows, self.cfg.llh_pool_size))
             if len(rows) < 2 * self.cfg.llh_subset_size:  # before any scoring: high and low must not overlap
@@ -373,9 +371,11 @@ class BeyondExperiment(pipeline.Experiment):
                                                   ("high_llh_train", "rand_llh_train"),
                                                   ("low_llh_train", "rand_llh_train")])
         means = {k: sum(r["llh_mean"] for r in v) / len(v) for k, v in subsets.items()}
+        overlap = sft_select.subset_overlap(subsets)
         runtime.atomic_write_csv(out / "changes.csv", table)
         runtime.atomic_write_json(out / "summary.json", {"pool": len(scored), "subset_size": self.cfg.llh_subset_size,
-                                                         "subset_mean_llh": means, "arms": info, "dynamics": slm,
+                                                         "subset_mean_llh": means, "subset_overlap": overlap,
+                                                         "arms": info, "dynamics": slm,
                                                          "paraphrase": sft_select.paraphrase.__doc__.split("\n")[0]})
         return self.load_part(out)
 

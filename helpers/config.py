@@ -179,9 +179,11 @@ class RunConfig:
 # ----------------------------------------------------------------------------------------
 # Presets. Each is a set of overrides on the RunConfig defaults.
 _PRESETS: dict[str, dict[str, Any]] = {
-    # CI: real model, real trainer, tiny everything.
+    # CI: real model, real trainer, tiny everything, in the cpu preset's task layout (notebooks 01, 02, 03 and 05 on
+    # the arith task, 04 on stories), so the suite runs the course in order as a student does on a laptop; one test
+    # (tests/test_headless.py) runs notebook 01 on smoke with task="gsm8k", the GPU presets' task.
     "smoke": dict(
-        max_steps=2, num_generations=2, per_device_batch=2, max_prompt_length=192,
+        task="arith", max_steps=2, num_generations=2, per_device_batch=2, max_prompt_length=192,
         max_completion_length=16, train_size=16, eval_size=4, eval_max_new_tokens=16,
         eval_batch_size=4, save_steps=1, sft_steps=2, sft_batch=2, lora_r=8, lora_alpha=16,
         learning_rate=5e-5, temperature=1.0, probe_size=4, transfer_size=2,

@@ -51,6 +51,17 @@ def select_subsets(scored_rows: Sequence[dict], size: int, seed: int = 0) -> dic
             "rand_llh_train": [usable[k][1] for k in rand]}
 
 
+def subset_overlap(subsets: dict[str, list[dict]]) -> dict[str, int]:
+    """Rows (by question) the random subset shares with the high and the low subset: a random draw from the whole
+    pool overlaps both (expected size x size / pool each), which a comparison against it must say."""
+    def questions(name):
+        return {r["question"] for r in subsets.get(name, [])}
+
+    rand = questions("rand_llh_train")
+    return {"rand_and_high": len(rand & questions("high_llh_train")),
+            "rand_and_low": len(rand & questions("low_llh_train"))}
+
+
 # ---------------------------------------------------------------------------------------
 # Paraphrase
 LEADING_CONNECTIVE = re.compile(r"^(?:so|then|thus|therefore|hence|now|finally|first|next|and|altogether|in total)\b"

@@ -57,19 +57,19 @@ def test_grpo_config_is_notebook_01_02s_run():
     rule = beyond.grpo_config(cfg, "rule", "01_rule_based")
     lp = beyond.grpo_config(cfg, "logprob", "02_logprob")
     assert rule.run_name == "01_rule_based" and rule.max_steps == 7
-    budget = config.CPU_GSM8K_BUDGET  # notebook 05 keeps GSM8K at the budget its results were measured with
-    assert rule.probe_size == budget["probe_size"]  # the 01/02 runs' probe at that budget, not 05's
+    assert cfg.task == rule.task == "arith" and cfg.probe_size < rule.probe_size  # 05 probes the first of 01/02's
+    assert rule.probe_size == config.preset("cpu").probe_size  # the 01/02 runs' own probe, not 05's
     assert all(getattr(rule, f) == getattr(config.RunConfig(), f) for f in config.BEYOND_FIELDS)
     assert set(rule.reward_weights.values()) == {1.0}
     assert lp.reward_weights == pipeline.logprob_weights("mean")
-    # the same config notebook 01 writes at that budget (up to the run name and the weights it sets)
-    assert training.config_differences(config.preset("cpu", max_steps=7, **budget).to_dict(), rule) == {}
+    # the same config notebook 01 writes on cpu (up to the run name and the weights it sets)
+    assert training.config_differences(config.preset("cpu", max_steps=7).to_dict(), rule) == {}
 
 
 def test_question_exposures():
     cfg = config.preset("cpu")
     assert beyond.question_exposures(cfg) == 50 * 2 and beyond.question_exposures(cfg, 2) == 200  # 2 questions x G=8
-    assert beyond.question_exposures(beyond.beyond_config("cpu")) == 25 * 1  # notebook 05's GSM8K budget
+    assert beyond.question_exposures(beyond.beyond_config("cpu")) == 50 * 2  # 05 pairs with 01/02: the same budget
     assert beyond.question_exposures(config.preset("a100")) == 1000 * 2
 
 

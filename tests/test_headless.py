@@ -1,5 +1,6 @@
 """The README's main command, for real: notebook 01 headless through scripts/run-notebook.sh (papermill) on the
-smoke preset. The parameters take effect, progress streams to the console as text, the executed copy (with its
+smoke preset, on the GSM8K task (the GPU presets' task; the smoke preset itself mirrors the cpu layout, arith).
+The parameters take effect, progress streams to the console as text, the executed copy (with its
 outputs) lands in the run directory, and the committed notebook is not touched."""
 import hashlib
 import json
@@ -20,7 +21,8 @@ def test_notebook_01_headless_with_parameters(tmp_path):
     env = {**os.environ, "GRPO_RUNS_DIR": str(tmp_path / "runs"), "GRPO_PRESET": "cpu",  # -p PRESET must win
            "VENV": str(Path(sys.executable).parent.parent), "TMPDIR": str(tmp_path)}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "run-notebook.sh"), "01", "-p", "PRESET", "smoke",
-                           "-p", "MAX_STEPS", "1", "-p", "RUN_NAME", "headless_smoke"],
+                           "-p", "MAX_STEPS", "1", "-p", "RUN_NAME", "headless_smoke",
+                           "-p", "TASK", "gsm8k"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -28,6 +30,7 @@ def test_notebook_01_headless_with_parameters(tmp_path):
     run_dir = tmp_path / "runs" / "headless_smoke"
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["max_steps"] == 1 and cfg["run_name"] == "headless_smoke" and cfg["preset"] == "smoke"
+    assert cfg["task"] == "gsm8k"  # the suite's one notebook run on the GPU presets' task (smoke itself is arith)
 
     executed = run_dir / "executed_01_rule_based_grpo.ipynb"
     assert f"executed notebook: {executed}" in out
