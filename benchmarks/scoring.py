@@ -40,7 +40,7 @@ def build_group(tok):
         reasoning = tok.decode(ids) + "\n</reasoning>\n"
         contexts.append(prompt + reasoning + "<answer>\n")
     gold = data.extract_gold(q["answer"])
-    targets = [f"{gold}\n</answer>"] * G
+    targets = [f"{gold}\n</answer>"] * G  # scored whole here: a scorer benchmark, not the reward span
     return contexts, targets
 
 

@@ -387,13 +387,33 @@ class RewardStats:
         return out
 
 
+# What the reward scores, of the target "{gold}\n</answer>" (scored jointly with its context, as the model would
+# emit it): "answer" = the gold answer's tokens plus the newline that ends it ("72\n": the newline separates 72
+# from 720), "target" = the whole target, closing tag included. With short answers most of the whole target is
+# the tag (4 of 6 tokens for "72"), which the model learns to predict near-perfectly, and a reward averaged over
+# it can rise with no change in the answer's probability (the 2026-12-05 cpu run of notebook 02 did exactly that).
+SPANS = ("answer", "target")
+
+
+def span_token_count(tokenizer, context: str, target: str, gold: str, span: str) -> int | None:
+    """How many leading target tokens `span` scores: None (all of them) for "target", else the tokens that
+    overlap the gold answer and the one character after it."""
+    if span == "target":
+        return None
+    return answer_token_count(tokenizer, context, target, len(gold) + 1)
+
+
 def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "policy", *,
                    floor: float | None = None, no_tag: str | float = "score", batch_size: int = 8,
                    share_prefix: bool = True, max_length: int | None = None,
-                   target_template: str = "{gold}\n" + ANSWER_CLOSE, name: str | None = None):
+                   target_template: str = "{gold}\n" + ANSWER_CLOSE, span: str = "answer",
+                   name: str | None = None):
     """A TRL reward function: transform(log P(gold | prompt, own reasoning)), reading the `answer` column.
 
     scorer:  "policy" (the model being trained, adapter on) or "reference" (adapter disabled: the frozen base).
+    span:    "answer" (default): the gold answer's tokens and the newline that ends it; "target": the whole
+             target_template, closing tag included (see SPANS). Both are sliced from one joint tokenization of
+             context + "{gold}\n</answer>", so they are exactly the tokens the model would emit.
     no_tag:  "score" (default): a completion without <answer> is scored after its whole text plus the tag;
              a float: such completions get that constant reward instead.
     The function's `.stats` (RewardStats) collects raw log-prob, transformed value and the tagless count;
@@ -407,6 +427,10 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
         from .config import ConfigError
 
         raise ConfigError(f"Unknown scorer {scorer!r}. Choose 'policy' or 'reference'.")
+    if span not in SPANS:
+        from .config import ConfigError
+
+        raise ConfigError(f"Unknown span {span!r}. Choose one of {list(SPANS)}.")
     floor = floor_for(transform, floor)  # 0 for the probability transforms, -20 for the log-space ones
     stats = RewardStats(name or f"logprob_{transform}")
     scope = scorer_scope(model, scorer)
@@ -420,10 +444,12 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
         base_of = {}
         if transform == "debiased":  # one extra sequence per distinct prompt: the gold with no reasoning
             uniq = sorted({pstr[i] for i in to_score})
-            base_lps = score_or_none(model, tokenizer, [p + ANSWER_OPEN + "\n" for p in uniq],
-                                   [target_template.format(gold=golds[pstr.index(p)]) for p in uniq],
-                                   batch_size, max_length, share_prefix, scope)
-            base_of = dict(zip(uniq, base_lps))
+            base_ctx = [p + ANSWER_OPEN + "\n" for p in uniq]
+            base_gold = [golds[pstr.index(p)] for p in uniq]
+            base_tgt = [target_template.format(gold=g) for g in base_gold]
+            base_lps = score_or_none(model, tokenizer, base_ctx, base_tgt, batch_size, max_length, share_prefix, scope)
+            base_of = {p: (None if lps is None else lps[:span_token_count(tokenizer, c, t, g, span)])
+                       for p, c, t, g, lps in zip(uniq, base_ctx, base_tgt, base_gold, base_lps)}
         scored = score_or_none(model, tokenizer, contexts, targets, batch_size, max_length, share_prefix, scope,
                              groups=[pstr[i] for i in to_score])  # the G completions of a prompt share its cache
         out = [float(no_tag) if no_tag != "score" else floor] * len(texts)
@@ -432,6 +458,7 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
             if lps is None:  # scoring failed for this one (e.g. target longer than the context window)
                 out[i] = floor
                 continue
+            lps = lps[:span_token_count(tokenizer, triples[i][0], triples[i][1], golds[i], span)]
             out[i] = apply_transform(transform, lps, base_of.get(pstr[i]), floor)
             raw.append(sum(lps))
         n_tagless = sum(not tagged for _, _, tagged in triples)
@@ -442,7 +469,7 @@ def logprob_reward(model, tokenizer, transform: str = "sum", scorer: str = "poli
 
     reward.__name__ = name or f"logprob_{transform}_reward"
     reward.stats = stats
-    reward.transform, reward.scorer = transform, scorer
+    reward.transform, reward.scorer, reward.span = transform, scorer, span
     return reward
 
 

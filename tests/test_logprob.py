@@ -132,7 +132,8 @@ def test_debiased_subtracts_the_no_reasoning_score(smol):
     s = logprob.logprob_reward(model, tok, transform="sum")(prompts=[PROMPT], completions=comp, answer=["7"])[0]
     d = logprob.logprob_reward(model, tok, transform="debiased")(prompts=[PROMPT], completions=comp, answer=["7"])[0]
     p = logprob.prompt_text(tok, PROMPT)
-    base = sum(score_targets(model, tok, [p + "<answer>\n"], ["7\n</answer>"])[0])
+    k = logprob.answer_token_count(tok, p + "<answer>\n", "7\n</answer>", len("7\n"))  # the reward's span
+    base = sum(score_targets(model, tok, [p + "<answer>\n"], ["7\n</answer>"])[0][:k])
     assert d == pytest.approx(s - base, abs=1e-4)
 
 
@@ -221,3 +222,47 @@ def test_probability_transforms_floor_inside_their_range(smol, name):
     assert 0.0 <= ok[0] <= 1.0
     with pytest.raises(Exception, match=r"outside the range \[0, 1\]"):
         logprob.logprob_reward(model, tok, name, floor=-20.0)
+
+
+# ---- the reward's span: the gold answer and the newline that ends it, not the closing tag --------------
+@pytest.mark.parametrize("gold", ["72", "7", "1234", "-3", "0.5"])
+def test_answer_span_is_a_prefix_of_the_emitted_target_tokens(smol, gold):
+    """The default reward scores the gold answer's tokens plus the newline after it, sliced from the one joint
+    tokenization of context + "{gold}\n</answer>": exactly the first tokens the model would emit, never the tag."""
+    model, tok = smol
+    comp = f"<reasoning>\nso the answer is {gold}\n</reasoning>\n<answer>\n{gold}\n</answer>"
+    context, target, _ = logprob.gold_context_target(logprob.prompt_text(tok, PROMPT), comp, gold)
+    ids, first = logprob.encode_pair(tok, context, target)
+    full = score_targets(model, tok, [context], [target])[0]
+    k = logprob.span_token_count(tok, context, target, gold, "answer")
+    assert tok.decode(ids[first:first + k]) == f"{gold}\n" and "</answer>" not in tok.decode(ids[first:first + k])
+    assert 1 <= k < len(full)  # the tag is left out
+    assert logprob.span_token_count(tok, context, target, gold, "target") is None
+    for transform in ("sum", "mean"):
+        ans = logprob.logprob_reward(model, tok, transform=transform)(prompts=[PROMPT], completions=[comp], answer=[gold])[0]
+        whole = logprob.logprob_reward(model, tok, transform=transform, span="target")(
+            prompts=[PROMPT], completions=[comp], answer=[gold])[0]
+        assert ans == pytest.approx(apply_transform(transform, full[:k]), abs=1e-4)
+        assert whole == pytest.approx(apply_transform(transform, full), abs=1e-4)
+
+
+def test_tag_tokens_do_not_move_the_answer_span_reward(smol):
+    """Gamed in both directions: a completion whose closing tag is near-certain gets no credit for it under
+    span "answer" (the reward equals the answer tokens' own log-prob), while span "target" adds the tag's."""
+    model, tok = smol
+    comp = "<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>"
+    context, target, _ = logprob.gold_context_target(logprob.prompt_text(tok, PROMPT), comp, "7")
+    full = score_targets(model, tok, [context], [target])[0]
+    k = logprob.span_token_count(tok, context, target, "7", "answer")
+    ans = logprob.logprob_reward(model, tok, transform="sum")(prompts=[PROMPT], completions=[comp], answer=["7"])[0]
+    whole = logprob.logprob_reward(model, tok, transform="sum", span="target")(prompts=[PROMPT], completions=[comp],
+                                                                                  answer=["7"])[0]
+    assert whole - ans == pytest.approx(sum(full[k:]), abs=1e-4) and sum(full[k:]) < 0
+
+
+def test_unknown_span(smol):
+    from helpers.config import ConfigError
+
+    model, tok = smol
+    with pytest.raises(ConfigError, match="span"):
+        logprob.logprob_reward(model, tok, span="tag")
