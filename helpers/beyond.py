@@ -490,7 +490,7 @@ class BeyondExperiment(pipeline.Experiment):
     @property
     def label(self) -> str:
         return plots.run_label(self.cfg.model_name, f"cold start {self.cfg.sft_steps} + budget {self.cfg.max_steps}",
-                               precision=self.cfg.precision)
+                               precision=self.cfg.precision, task=self.cfg.task)
 
     def plot_arms(self, table, name: str, title: str, metrics=("strict_accuracy", "format_rate",
                                                                "gold_answer_logprob")):

@@ -276,7 +276,7 @@ class Experiment:
         sft = self.cfg.sft_steps if self.cfg.sft_steps else 0
         steps = self.result.steps if self.result else self.cfg.max_steps
         return plots.run_label(self.cfg.model_name, f"{sft} SFT + {steps} GRPO" if sft else steps,
-                               precision=self.cfg.precision)
+                               precision=self.cfg.precision, task=self.cfg.task)
 
     def figure_paths(self, name: str) -> list[Path]:
         return [d / name for d in (self.run_dir, self.figures_dir) if d is not None]

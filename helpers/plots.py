@@ -33,8 +33,68 @@ def model_label(model: str, precision: str | None = None) -> str:
     return model.split("/")[-1]
 
 
-def run_label(model: str, steps: int | str, hardware: str | None = None, precision: str | None = None) -> str:
-    return f"{model_label(model, precision)} · {steps} steps · {hardware or hardware_label()}"
+def run_label(model: str, steps: int | str, hardware: str | None = None, precision: str | None = None,
+              task: str | None = None) -> str:
+    task_part = f" · task {task}" if task else ""
+    return f"{model_label(model, precision)}{task_part} · {steps} steps · {hardware or hardware_label()}"
+
+
+# One colour per reward and per run kind, in every figure of the course. `color_for` picks it from a legend name.
+PALETTE = {
+    "base": "#7f7f7f",       # the model before any training
+    "cold start": "#bcbd22",  # after the cold-start SFT (where GRPO starts from)
+    "rule": "#1f77b4",        # GRPO with the rule rewards (notebook 01)
+    "logprob": "#d95f02",     # GRPO with the logprob reward (notebook 02)
+    "sft": "#2ca02c",         # supervised fine-tuning arms (notebook 05)
+    "reference": "#9467bd",   # a committed reference run, drawn beside the reader's
+}
+_KEYWORDS = (("logprob", "logprob"), ("log-prob", "logprob"), ("rule", "rule"), ("base", "base"),
+             ("before", "base"), ("cold", "cold start"), ("start", "cold start"), ("sft", "sft"),
+             ("reference", "reference"))
+_FALLBACK = ("#17becf", "#8c564b", "#e377c2", "#ff7f0e", "#1b9e77", "#7570b3")
+UP, DOWN, NOISE = "#2ca02c", "#d62728", "#7f7f7f"  # an interval above 0, below 0, across it
+
+
+def color_for(name: str, i: int = 0) -> str:
+    """The palette colour of a legend name ("01 rule", "02 logprob", "base (before)", "sft"...), else the i-th
+    fallback colour."""
+    low = str(name).lower()
+    for key, kind in _KEYWORDS:
+        if key in low:
+            return PALETTE[kind]
+    return _FALLBACK[i % len(_FALLBACK)]
+
+
+METRIC_TITLES = {
+    "reward": ("total reward (weighted sum)", "reward"),
+    "reward_std": ("within-group reward spread", "mean std of r in a group"),
+    "frac_reward_zero_std": ("groups with no reward spread", "share of groups"),
+    "completions/mean_length": ("completion length", "tokens"),
+    "kl": ("KL(policy ‖ reference)", "nats per token"),
+    "rewards/correctness_reward/mean": ("correctness reward", "mean reward (2 = right)"),
+    "rewards/strict_format_reward/mean": ("strict-format reward", "mean reward (max 0.5)"),
+    "rewards/soft_format_reward/mean": ("soft-format reward", "mean reward (max 0.5)"),
+    "rewards/tag_count_reward/mean": ("tag-count reward", "mean reward (max 0.5)"),
+    "rewards/integer_answer_reward/mean": ("integer-answer reward", "mean reward (max 0.5)"),
+}
+
+
+def metric_title(col: str) -> tuple[str, str]:
+    """(panel title, y label) of a metrics.csv column: readable words, not raw keys."""
+    if col in METRIC_TITLES:
+        return METRIC_TITLES[col]
+    if col.endswith("/raw_logprob"):
+        return "log P(gold | own reasoning), raw", "nats"
+    if col.startswith("rewards/") and col.endswith("/mean"):
+        return col[len("rewards/"):-len("/mean")].replace("_", " "), "mean reward"
+    return col.replace("/", " · ").replace("_", " "), ""
+
+
+def wrap(text: str, width: int = 90) -> str:
+    """A figure title on as many lines as it needs: long labels are never cut off."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width)) or str(text)
 
 
 def pyplot():
@@ -96,24 +156,31 @@ def training_curves(runs: dict[str, str | Path], label: str, save_to: Sequence[s
         cols += [c for c in ("reward", "completions/mean_length", "kl") if any(c in df for df in frames.values())]
     else:
         cols = list(columns)
-    ncol = 3
+    # a panel nothing logged (kl at beta = 0: TRL computes no KL term) is left out, not drawn empty
+    dropped = [c for c in cols if not any(c in df and df[c].notna().any() for df in frames.values())]
+    cols = [c for c in cols if c not in dropped] or cols[:1]
+    ncol = min(3, max(1, len(cols)))
     nrow = max(1, -(-len(cols) // ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
     for ax, col in zip(axes.flat, cols):
         logged = [name for name, df in frames.items() if col in df and df[col].notna().any()]
-        for name in logged:
-            ax.plot(frames[name]["step"], _smooth(frames[name][col], smooth), label=name, lw=1.5)
-        if not logged:  # e.g. kl with beta = 0: TRL computes no KL term and logs none
-            ax.text(0.5, 0.5, "not logged" + (" (β = 0: no KL term)" if col == "kl" else ""), ha="center",
-                    va="center", transform=ax.transAxes, fontsize=9, color="0.4")
-        ax.set_title(col.replace("rewards/", "").replace("/mean", ""), fontsize=10)
-        ax.set_xlabel("step")
+        for i, name in enumerate(frames):
+            if name in logged:
+                # dashes per run: two runs with identical curves (sum_only vs mean_only) stay both visible
+                ax.plot(frames[name]["step"], _smooth(frames[name][col], smooth), label=name, lw=1.8 - 0.3 * (i % 3),
+                        color=color_for(name, i), ls=("-", "--", "-.", ":")[i % 4])
+        title, ylabel = metric_title(col)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(cols):]:
         ax.axis("off")
     if len(frames) > 1:
         axes.flat[0].legend(fontsize=8)
-    fig.suptitle(label, fontsize=10)
+    if dropped:
+        label = f"{label} (not logged: {', '.join(dropped)}{'; β = 0: no KL term' if 'kl' in dropped else ''})"
+    fig.suptitle(wrap(label, 40 * ncol), fontsize=10)
     fig.tight_layout()
     save_figure(fig, save_to)
     return fig
@@ -127,10 +194,26 @@ def _grouped_bars(ax, table, columns: Sequence[str], fmt: str, names: Sequence[s
     width = 0.8 / max(1, len(table))
     for i, (_, row) in enumerate(table.iterrows()):
         vals = [row[c] for c in columns]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=str(row["model"]))
+        yerr = None
+        if "n" in row and fmt.endswith("%}"):  # shares of n questions: a 95 % Wilson interval on each bar
+            lo_hi = [wilson(v, int(row["n"])) for v in vals]
+            yerr = [[v - lo for v, (lo, _) in zip(vals, lo_hi)], [hi - v for v, (_, hi) in zip(vals, lo_hi)]]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=str(row["model"]),
+                      color=color_for(row["model"], i), yerr=yerr, capsize=3 if yerr else 0, ecolor="0.3")
         for b, v in zip(bars, vals):
-            ax.text(b.get_x() + b.get_width() / 2, v, fmt.format(v), ha="center", va="bottom", fontsize=8)
+            ax.text(b.get_x() + b.get_width() / 2, v, fmt.format(v), ha="left", va="bottom", fontsize=8)
     ax.set_xticks(x, list(names) if names is not None else [c.replace("_", " ") for c in columns])
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a share p of n: honest at 0 % and 100 % and with few questions."""
+    import math
+
+    if n <= 0 or p != p:
+        return (p, p)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def accuracy_bars(table, label: str, save_to: Sequence[str | Path] = (),
@@ -140,9 +223,9 @@ def accuracy_bars(table, label: str, save_to: Sequence[str | Path] = (),
     fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(metrics), 3.4))
     _grouped_bars(ax, table, metrics, "{:.0%}")
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel(f"share of {int(table['n'].iloc[0])} questions")
+    ax.set_ylabel(f"share of {int(table['n'].iloc[0])} questions\n(bars: 95 % Wilson interval)")
     ax.legend(fontsize=8)
-    ax.set_title(label, fontsize=10)
+    ax.set_title(wrap(label, 70), fontsize=9)
     fig.tight_layout()
     save_figure(fig, save_to)
     return fig
@@ -186,13 +269,13 @@ def trace_probe(curves: dict[str, Sequence[tuple[int, float]]], label: str, save
     """log P(gold | prompt, first k reasoning lines) against k, one line per trace."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for name, pts in curves.items():
-        ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", ms=3, label=name)
+    for i, (name, pts) in enumerate(curves.items()):
+        ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", ms=3, label=name, color=_FALLBACK[i])
     ax.set_xlabel("reasoning lines given (k)")
     ax.set_ylabel("log P(gold answer | prompt, k lines)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(label, fontsize=10)
+    ax.set_title(wrap(label, 70), fontsize=9)
     fig.tight_layout()
     save_figure(fig, save_to)
     return fig
@@ -215,15 +298,23 @@ def probe_curves(histories: dict[str, object], label: str, save_to: Sequence[str
             if metric not in hist:
                 continue
             legend = name
+            color = color_for(name, list(histories).index(name))
+            ax.plot(hist["step"], hist[metric], marker="o", ms=4, label=legend, color=color)
             if changes and name in changes and metric in set(changes[name]["metric"]):
+                # the paired interval of (after GRPO - after cold start), drawn around the end point
                 row = changes[name].set_index("metric").loc[metric]
-                legend += f": {row['delta']:+.3f} [{row['ci95_lo']:+.3f}, {row['ci95_hi']:+.3f}]"
-            ax.plot(hist["step"], hist[metric], marker="o", ms=4, label=legend)
+                start, end = float(hist[metric].iloc[0]), float(hist["step"].iloc[-1])
+                ax.errorbar([end], [start + row["delta"]], yerr=[[row["delta"] - row["ci95_lo"]],
+                            [row["ci95_hi"] - row["delta"]]], fmt="none", ecolor=color, capsize=4, lw=1.2)
+                ax.axhline(start, color=color, lw=0.6, ls=":")
+        if metric.endswith(("accuracy", "rate")):
+            ax.set_ylim(0, 1)  # shares on their whole range: a within-noise change does not look like a climb
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("GRPO step (0 = after cold start)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(label + " · held-out probe", fontsize=10)
+    fig.suptitle(wrap(label + " · held-out probe; bar at the end: paired 95 % interval of the change, dotted: the "
+                      "start", 45 * len(panels)), fontsize=9)
     fig.tight_layout()
     save_figure(fig, save_to)
     return fig
@@ -242,7 +333,7 @@ def change_intervals(table, label: str, *, row_label: str = "group", title: str 
         ys = list(range(len(table)))[::-1]
         deltas = table["delta"].to_numpy(float)
         err = [deltas - table["ci95_lo"].to_numpy(float), table["ci95_hi"].to_numpy(float) - deltas]
-        colors = ["C2" if lo > 0 else "C3" if hi < 0 else "C7" for lo, hi in zip(table["ci95_lo"], table["ci95_hi"])]
+        colors = [UP if lo > 0 else DOWN if hi < 0 else NOISE for lo, hi in zip(table["ci95_lo"], table["ci95_hi"])]
         for y, d, lo_err, hi_err, c in zip(ys, deltas, err[0], err[1], colors):
             ax.errorbar(d, y, xerr=[[lo_err], [hi_err]], fmt="o", color=c, capsize=3)
             ax.text(d, y + 0.18, f"{d:+.3f}", ha="center", fontsize=7)
@@ -252,7 +343,7 @@ def change_intervals(table, label: str, *, row_label: str = "group", title: str 
         ax.set_yticks([])
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel(title + " (95 % paired interval; green up, red down, grey within noise)", fontsize=8)
-    ax.set_title(label, fontsize=9)
+    ax.set_title(wrap(label, 75), fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     save_figure(fig, save_to)
@@ -272,7 +363,7 @@ def writing_bars(table, label: str, save_to: Sequence[str | Path] = ()):
     for ax, col, name in ((axes[1], "plan_tokens", "plan length (tokens)"),
                           (axes[2], "distinct_2", "distinct-2 of the stories")):
         vals = list(table[col])
-        bars = ax.bar(range(len(table)), vals, color=[f"C{i}" for i in range(len(table))])
+        bars = ax.bar(range(len(table)), vals, color=[color_for(m, i) for i, m in enumerate(table["model"])])
         for b, v in zip(bars, vals):
             ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}" if v < 10 else f"{v:.0f}", ha="center",
                     va="bottom", fontsize=8)

@@ -120,7 +120,7 @@ def _run_stage(args, cfg, backend, variants, kind, transform, scorer) -> int:
         table = ablations.run_grid(cfg, variants, backend=backend, overwrite=args.overwrite)
         if table is not None:
             grid_dir = runtime.run_dir(cfg.project, cfg.run_name)
-            ablation_plots.report(grid_dir, table, plots.run_label(cfg.model_name, f"{cfg.max_steps} per variant", precision=cfg.precision))
+            ablation_plots.report(grid_dir, table, plots.run_label(cfg.model_name, f"{cfg.max_steps} per variant", precision=cfg.precision, task=cfg.task))
             print(table.to_string(index=False))
             runtime.saved_files(grid_dir)
         return 0
