@@ -19,7 +19,7 @@ BUNDLED_DIR = Path(__file__).parent / "data_files" / "gsm8k"
 BUNDLED_FILES = {"test": "test.jsonl", "train": "train_subset.jsonl"}
 
 # The reasoning block's tags, by RunConfig.tag_style. The answer block is <answer>…</answer> in every style,
-# so answer extraction and the logprob reward's target ("{gold}\n</answer>") do not depend on the style.
+# so answer extraction and the logprob reward's target (from "{gold}\n</answer>") do not depend on the style.
 TAG_STYLES = {"reasoning": ("<reasoning>", "</reasoning>"),  # this curriculum's default (Will Brown's GRPO demo)
               "think": ("<think>", "</think>")}  # DeepSeek-R1 / grpo-reasoncheck style
 REASONING_OPEN, REASONING_CLOSE = TAG_STYLES["reasoning"]

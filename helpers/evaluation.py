@@ -195,16 +195,17 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
 
 def add_logprob_scores(model, tokenizer, samples, transforms: Sequence[str] = ("sum", "mean"), batch_size: int = 8,
                        tag_style: str | None = None):
-    """Add the logprob reward of each sample (gold given its own reasoning) under each transform, in place.
+    """Add the logprob reward of each sample (gold given its own reasoning) under each transform, in place: the
+    tokens the trained reward scores (`logprob_reward`'s default span: the gold answer and its newline).
     The samples are scored after the prompt they were generated from (`tag_style`, default: their column)."""
-    from .logprob import apply_transform, gold_answer_split
+    from .logprob import apply_transform, gold_target_scores
 
     tag_style = samples_style(samples, tag_style)
-    split = gold_answer_split(model, tokenizer, [make_prompt(q, tag_style=tag_style) for q in samples["question"]],
-                              samples["completion"], samples["gold"], batch_size)
+    scored = gold_target_scores(model, tokenizer, [make_prompt(q, tag_style=tag_style) for q in samples["question"]],
+                                samples["completion"], samples["gold"], batch_size)
     for name in transforms:
-        samples[f"logprob_{name}"] = [apply_transform(name, x) for x, _ in split]
-    samples["answer_logprob"] = [float(sum(x[:k])) for x, k in split]  # the gold answer's own tokens, no tag
+        samples[f"logprob_{name}"] = [apply_transform(name, x[:n_span]) for x, _, n_span in scored]
+    samples["answer_logprob"] = [float(sum(x[:k])) for x, k, _ in scored]  # the gold answer's own tokens, no newline
     return samples
 
 
@@ -220,16 +221,17 @@ def reward_auroc(samples, transforms: Sequence[str] = ("sum", "mean")) -> dict:
 def trace_probe(model, tokenizer, question: str, completion: str, gold: str, *, answer_only: bool = False,
                 tag_style: str = "reasoning") -> list[tuple[int, float]]:
     """log P(gold | prompt, first k lines of the reasoning) for k = 0..K: where does the answer become likely?
-    With `answer_only`, over the gold answer's own tokens (without the closing tag)."""
+    Over the tokens the logprob reward scores (the gold answer and its newline); with `answer_only`, over the gold
+    answer's own tokens alone."""
     from .data import split_reasoning
-    from .logprob import gold_answer_split, prompt_text
+    from .logprob import gold_target_scores, prompt_text
 
     reasoning, _ = split_reasoning(completion)
     lines = reasoning.split("\n")
     p = prompt_text(tokenizer, make_prompt(question, tag_style=tag_style))
     prefixes = ["\n".join(lines[:k]) + ("\n" if k else "") for k in range(len(lines) + 1)]
-    split = gold_answer_split(model, tokenizer, [p] * len(prefixes), prefixes, [gold] * len(prefixes))
-    return [(k, float(sum(x[:n] if answer_only else x))) for k, (x, n) in enumerate(split)]
+    scored = gold_target_scores(model, tokenizer, [p] * len(prefixes), prefixes, [gold] * len(prefixes))
+    return [(k, float(sum(x[:n] if answer_only else x[:n_span]))) for k, (x, n, n_span) in enumerate(scored)]
 
 
 def best_of_n(model, tokenizer, samples, batch_size: int = 8, tag_style: str | None = None) -> dict:

@@ -23,6 +23,35 @@ def trl_advantages(rewards_per_func, reward_weights, num_generations: int, scale
     return advantages
 
 
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+
+
+def trl_loss(per_token_loss, completion_mask, loss_type: str, max_completion_length: int):
+    """trl 0.18.2 grpo_trainer.py L1379-1386 (`_compute_loss`): the per-token losses reduced to one loss, per
+    loss_type (self.max_completion_length turned into an argument); tests/test_cancellation.py pins the lines."""
+    if loss_type == "grpo":
+        loss = ((per_token_loss * completion_mask).sum(-1) / completion_mask.sum(-1).clamp(min=1.0)).mean()
+    elif loss_type == "bnpo":
+        loss = (per_token_loss * completion_mask).sum() / completion_mask.sum().clamp(min=1.0)
+    elif loss_type == "dr_grpo":
+        loss = (per_token_loss * completion_mask).sum() / (per_token_loss.size(0) * max_completion_length)
+    else:
+        raise ValueError(f"Unknown loss_type {loss_type!r}. Choose one of {list(LOSS_TYPES)}.")
+    return loss
+
+
+def token_weights(lengths: Sequence[int], loss_type: str, max_completion_length: int):
+    """The weight `trl_loss` gives each token of completions of the given lengths (d loss / d per-token loss, read
+    back by autograd): a [batch, max_completion_length] tensor, 0 on padding."""
+    import torch
+
+    lengths = torch.as_tensor(lengths)
+    mask = (torch.arange(max_completion_length) < lengths[:, None]).float()
+    x = torch.zeros(len(lengths), max_completion_length, requires_grad=True)
+    trl_loss(x, mask, loss_type, max_completion_length).backward()
+    return x.grad
+
+
 def advantage_table(rewards_per_func: Sequence[Sequence[float]], names: Sequence[str],
                     weights: Sequence[float] | None = None, num_generations: int | None = None,
                     scale_rewards: bool = True):

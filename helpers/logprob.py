@@ -539,17 +539,35 @@ def answer_token_count(tokenizer, context: str, target: str, answer_chars: int) 
     return sum(1 for s, e in enc["offset_mapping"] if e > boundary and e > s and s < end)
 
 
-def gold_answer_split(model, tokenizer, prompts, completions, golds, batch_size: int = 8
-                      ) -> list[tuple[list[float], int]]:
-    """Per completion: (per-token log P of the whole target "{gold}\n</answer>", how many of those tokens are the
-    gold answer's own). The reward keeps the closing tag (it separates "72" from "720"); the evaluation tables
-    report the answer's own tokens beside it, because with short answers most target tokens are the tag."""
+def gold_target_scores(model, tokenizer, prompts, completions, golds, batch_size: int = 8,
+                       span: str = "answer") -> list[tuple[list[float], int, int]]:
+    """Per completion, from one scoring pass: (per-token log P of the whole target "{gold}\n</answer>", how many of
+    those tokens are the gold answer's own, how many the reward's `span` scores)."""
     pairs = [gold_context_target(prompt_text(tokenizer, p), completion_text(c), str(g))
              for p, c, g in zip(prompts, completions, golds)]
     lps = score_targets(model, tokenizer, [c for c, _, _ in pairs], [t for _, t, _ in pairs], batch_size=batch_size,
                         share_prefix=True)
-    counts = [answer_token_count(tokenizer, c, t, len(str(g))) for (c, t, _), g in zip(pairs, golds)]
-    return [(lp, min(k, len(lp))) for lp, k in zip(lps, counts)]
+    out = []
+    for lp, (c, t, _), g in zip(lps, pairs, golds):
+        n_answer = min(answer_token_count(tokenizer, c, t, len(str(g))), len(lp))
+        n_span = span_token_count(tokenizer, c, t, str(g), span)
+        out.append((lp, n_answer, len(lp) if n_span is None else min(n_span, len(lp))))
+    return out
+
+
+def reward_span_logprobs(model, tokenizer, prompts, completions, golds, batch_size: int = 8,
+                         span: str = "answer") -> list[list[float]]:
+    """Per completion: the per-token log-probs the logprob reward transforms (`span` as in `logprob_reward`), for
+    diagnostics that must score exactly what training scores (AUROC, best-of-N, trace probes)."""
+    return [lp[:k] for lp, _, k in gold_target_scores(model, tokenizer, prompts, completions, golds, batch_size, span)]
+
+
+def gold_answer_split(model, tokenizer, prompts, completions, golds, batch_size: int = 8
+                      ) -> list[tuple[list[float], int]]:
+    """Per completion: (per-token log P of the whole target "{gold}\n</answer>", how many of those tokens are the
+    gold answer's own). The evaluation tables report both; the reward (span "answer") scores the answer's tokens
+    and the newline after them, because with short answers most target tokens are the tag."""
+    return [(lp, k) for lp, k, _ in gold_target_scores(model, tokenizer, prompts, completions, golds, batch_size)]
 
 
 def gold_metrics(model, tokenizer, prompts, completions, golds, batch_size: int = 8) -> dict[str, list[float]]:

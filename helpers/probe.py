@@ -32,7 +32,7 @@ PROBE_METRICS = {
     "strict_accuracy": "strict_correct",
     "lenient_accuracy": "lenient_correct",
     "gold_answer_logprob": "gold_answer_logprob",  # log P(gold answer tokens | prompt, own greedy reasoning)
-    "gold_logprob": "gold_logprob",  # the same target with its closing tag: what the logprob reward scores
+    "gold_logprob": "gold_logprob",  # the whole target with its closing tag (the reward's span="target")
 }
 
 

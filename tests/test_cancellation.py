@@ -195,3 +195,39 @@ def test_advantage_table_matches_trl_and_flags_tied_groups():
     assert table["advantage"].tolist()[0] == pytest.approx(1.5, abs=1e-3)
     two, _ = advantage_table([[0.5, 2.0], [0.5, 0.0], [0.0, 0.0], [0.0, 2.0]], ["format", "correct"], [1.0, 0.5])
     assert two["weighted sum"].tolist() == [1.5, 0.5, 0.0, 1.0]
+
+
+LOSS_LINES = (
+    "loss = ((per_token_loss * completion_mask).sum(-1) / completion_mask.sum(-1).clamp(min=1.0)).mean()",
+    "loss = (per_token_loss * completion_mask).sum() / completion_mask.sum().clamp(min=1.0)",
+    "loss = (per_token_loss * completion_mask).sum() / (per_token_loss.size(0) * self.max_completion_length)",
+)
+
+
+def test_loss_copy_matches_installed_trl():
+    """grpo_math.trl_loss holds TRL 0.18.2's three loss reductions (grpo, bnpo, dr_grpo) line for line."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    from helpers.grpo_math import trl_loss
+
+    trl_lines = [ln.strip() for ln in inspect.getsource(GRPOTrainer._compute_loss).splitlines()]
+    ours = [ln.strip() for ln in inspect.getsource(trl_loss).splitlines()]
+    for line in LOSS_LINES:
+        assert line in trl_lines, f"TRL's loss code changed: {line!r}; update grpo_math.trl_loss"
+        assert line.replace("self.", "") in ours
+
+
+def test_token_weights_per_loss_type():
+    """grpo weighs a token by 1/(G·|o_i|) (short completions' tokens count more), bnpo by 1/Σ|o| over the batch,
+    dr_grpo by 1/(G·L): a constant, so a completion's total weight grows with its length."""
+    from helpers.grpo_math import token_weights
+
+    lengths, L = [8, 8, 64, 64], 96
+    grpo, bnpo, dr = (token_weights(lengths, t, L) for t in ("grpo", "bnpo", "dr_grpo"))
+    for i, n in enumerate(lengths):
+        assert grpo[i, 0] == pytest.approx(1 / (4 * n)) and grpo[i, :n].sum() == pytest.approx(1 / 4)
+        assert bnpo[i, 0] == pytest.approx(1 / sum(lengths)) and dr[i, 0] == pytest.approx(1 / (4 * L))
+        assert grpo[i, n:].abs().sum() == 0 and dr[i, n:].abs().sum() == 0  # padding gets nothing
+    assert dr[2].sum() == pytest.approx(8 * dr[0].sum())
+    with pytest.raises(ValueError, match="loss_type"):
+        token_weights(lengths, "sapo", L)

@@ -266,3 +266,27 @@ def test_unknown_span(smol):
     model, tok = smol
     with pytest.raises(ConfigError, match="span"):
         logprob.logprob_reward(model, tok, span="tag")
+
+
+def test_diagnostics_score_the_span_the_reward_trains_on(smol):
+    """evaluation.add_logprob_scores (AUROC, sample browser) and trace_probe read the reward's own span."""
+    import pandas as pd
+
+    from helpers import evaluation
+
+    model, tok = smol
+    comp = "<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>"
+    samples = pd.DataFrame({"question": ["Tom has 3 apples and buys 4 more. How many apples does he have?"],
+                            "completion": [comp], "gold": ["7"], "tag_style": ["reasoning"]})
+    evaluation.add_logprob_scores(model, tok, samples)
+    for name in ("sum", "mean"):
+        reward = logprob.logprob_reward(model, tok, transform=name)(prompts=[PROMPT], completions=[comp], answer=["7"])
+        assert samples[f"logprob_{name}"][0] == pytest.approx(reward[0], abs=1e-4)
+    (lp, n_answer, n_span), = logprob.gold_target_scores(model, tok, [PROMPT], [comp], ["7"])
+    assert n_answer < n_span < len(lp) and samples["answer_logprob"][0] == pytest.approx(sum(lp[:n_answer]), abs=1e-5)
+    curve = evaluation.trace_probe(model, tok, "Tom has 3 apples and buys 4 more. How many apples does he have?",
+                                   comp, "7")
+    lines = data.split_reasoning(comp)[0].split("\n")
+    last = "\n".join(lines) + "\n"  # trace_probe's last prefix: every reasoning line
+    assert curve[-1][1] == pytest.approx(sum(logprob.reward_span_logprobs(model, tok, [PROMPT], [last], ["7"])[0]),
+                                         abs=1e-4)

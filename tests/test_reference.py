@@ -121,3 +121,10 @@ def test_typed_interval_pattern_catches_and_spares():
         assert TYPED_INTERVAL.search(typed), typed
     for fine in ("$[0, 1]$ range", "weights [1, 0.5]", "lines 1204–1216", "[−1, 1]"):
         assert not TYPED_INTERVAL.search(fine), fine
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_has_at_most_2000_markdown_words(nb):
+    words = sum(len("".join(c["source"]).split()) for c in json.loads(nb.read_text())["cells"]
+                if c["cell_type"] == "markdown")
+    assert words <= 2000, f"{nb.name}: {words} markdown words (the course's budget is 2,000 a notebook)"
