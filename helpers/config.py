@@ -118,7 +118,7 @@ class RunConfig:
     # --- writing task (notebook 04) --------------------------------------------------------
     max_plan_tokens: int = 64  # the writing reward reads at most this many plan tokens (longer plans are cut)
     max_target_tokens: int = 160  # reference continuations are trimmed to whole sentences within this budget
-    # --- notebook 05 (likelihood beyond the reward; the per-preset values are helpers/beyond.py BEYOND_OVERRIDES,
+    # --- notebook 05 (likelihood beyond the reward; the per-preset values are helpers/beyond/__init__.py BEYOND_OVERRIDES,
     # so notebooks 01-04 keep these defaults and their saved runs stay comparable) ---------------------------
     llh_pool_size: int = 200  # part 2: GSM8K train solutions scored by the base model's mean token log-likelihood
     llh_subset_size: int = 32  # part 2: rows in each of the high / low / random-likelihood SFT subsets

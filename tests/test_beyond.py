@@ -1,4 +1,4 @@
-"""Notebook 05's driver (helpers/beyond.py), its knobs and CLI stages: fast, no model (fakes where needed)."""
+"""Notebook 05's driver (helpers/beyond/), its knobs and CLI stages: fast, no model (fakes where needed)."""
 import json
 from types import SimpleNamespace
 
@@ -219,3 +219,18 @@ def test_step_scores_survive_the_json_round_trip(tmp_path):
     (row,) = beyond.load_step_scores(path)
     assert row["logprob_drop"] is None and row["trace"] == [1.0, 2.0, 3.0]
     assert beyond.steps.predict_first_wrong(row["implicit"]) == 2
+
+
+def test_notebook_05_machinery_lives_in_one_package_and_old_names_still_import():
+    import importlib
+
+    import helpers.beyond
+    from helpers.beyond import sft_select as moved_select
+    from helpers.beyond import steps as moved_steps
+
+    assert importlib.import_module("helpers.steps") is moved_steps
+    assert importlib.import_module("helpers.sft_select") is moved_select
+    from helpers import sft_select, steps  # the names notebooks and users have used
+
+    assert steps.inject_error is moved_steps.inject_error and sft_select is moved_select
+    assert hasattr(helpers.beyond, "BeyondExperiment") and hasattr(helpers.beyond, "BEYOND_OVERRIDES")

@@ -1,4 +1,6 @@
-"""Notebook 05, likelihood beyond the reward: its four experiments as resumable functions.
+"""Notebook 05, likelihood beyond the reward: its four experiments as resumable functions. This package holds
+everything only notebook 05 uses: this driver, `sft_select` (likelihood-selected SFT data) and `steps` (injected
+errors, per-step scores); `helpers.sft_select` and `helpers.steps` stay importable as the same modules.
 
     exp = BeyondExperiment(beyond_config("cpu"), backend="hf")   # one PeftModel, the run directory <RUN_NAME>/
     exp.sft_vs_grpo()   # part 1: SFT on reference solutions vs GRPO (rule, logprob) at equal question exposures
@@ -31,9 +33,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import config as config_mod
-from . import evaluation, pipeline, plots, probe, rerank, runtime, selfcheck, sft_select, steps, training
-from .config import ConfigError, RunConfig
+from .. import config as config_mod
+from .. import evaluation, pipeline, plots, probe, rerank, runtime, selfcheck, training
+from ..config import ConfigError, RunConfig
+from . import sft_select, steps  # notebook 05's own modules, in this package
 
 RUN_NAME = "05_beyond"
 RULE_RUN, LOGPROB_RUN = "01_rule_based", "02_logprob"
@@ -145,7 +148,7 @@ def slm_records(dynamics_csv: str | Path) -> tuple[list[int], list[dict]]:
     """(steps, per-step {type: {loglik, ppl, entropy, tokens}}) from a DynamicsCallback CSV."""
     import pandas as pd
 
-    from .dynamics import unflatten
+    from ..dynamics import unflatten
 
     df = pd.read_csv(dynamics_csv).sort_values("step")
     rows = df.drop(columns=["seconds"], errors="ignore").to_dict("records")
@@ -329,8 +332,8 @@ class BeyondExperiment(pipeline.Experiment):
         out = self.part_dir("llh_select")
         if (out / "summary.json").exists() and (out / "changes.csv").exists():
             return self.load_part(out)
-        from . import tasks
-        from .dynamics import DynamicsCallback
+        from .. import tasks
+        from ..dynamics import DynamicsCallback
 
         scored_csv = out / "pool_scored.csv"
         if scored_csv.exists():
