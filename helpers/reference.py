@@ -59,7 +59,7 @@ def machine_description() -> str:
 
 
 def save(run_dir: str | Path, *, command: str, preset: str, name: str | None = None, wall_seconds: float | None = None,
-         commit: str | None = None, root: str | Path = REFERENCE_ROOT) -> Path:
+         commit: str | None = None, note: str = "", root: str | Path = REFERENCE_ROOT) -> Path:
     """Copy a finished run's tables and JSON into `root/preset/name` with a provenance.json; returns that folder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -86,7 +86,7 @@ def save(run_dir: str | Path, *, command: str, preset: str, name: str | None = N
         "date_utc": datetime.fromtimestamp(newest, timezone.utc).strftime("%Y-%m-%d %H:%M") if newest else None,
         "machine": machine_description(), "label": label,
         "commit": commit or _commit(Path(__file__).resolve().parent.parent),
-        "wall_seconds": wall_seconds, "files": [str(p.relative_to(run_dir)) for p in files],
+        "wall_seconds": wall_seconds, "note": note, "files": [str(p.relative_to(run_dir)) for p in files],
     }
     (dest / PROVENANCE).write_text(json.dumps(prov, indent=1) + "\n")
     return dest
@@ -111,8 +111,9 @@ def describe(name: str, preset: str = "cpu", root: str | Path = REFERENCE_ROOT) 
     """One line: which run, which command, when, on which machine."""
     p = provenance(name, preset, root)
     wall = f", {p['wall_seconds'] / 60:.1f} min wall" if p.get("wall_seconds") else ""
+    note = f" ({p['note']})" if p.get("note") else ""
     return (f"reference {p['run_name']!r} ({p['preset']} preset, {p['date_utc']} UTC, commit {p['commit']}{wall}): "
-            f"`{p['command']}` on {p['machine']}")
+            f"`{p['command']}` on {p['machine']}{note}")
 
 
 def read(name: str, relpath: str, preset: str = "cpu", root: str | Path = REFERENCE_ROOT):

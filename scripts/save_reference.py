@@ -23,9 +23,10 @@ def main(argv=None) -> int:
     ap.add_argument("--command", required=True, help="the command that produced the run, as a reader would type it")
     ap.add_argument("--wall-seconds", type=float, default=None)
     ap.add_argument("--commit", default=None, help="the commit the run was made at (default: this checkout's HEAD)")
+    ap.add_argument("--note", default="", help="what a reader must know about the run (e.g. other jobs ran beside it)")
     args = ap.parse_args(argv)
     dest = reference.save(Path(args.runs_dir) / args.run, command=args.command, preset=args.preset,
-                          wall_seconds=args.wall_seconds, commit=args.commit)
+                          wall_seconds=args.wall_seconds, commit=args.commit, note=args.note)
     print(f"saved {len(reference.provenance(args.run, args.preset)['files'])} files to {dest}")
     print(reference.describe(args.run, args.preset))
     return 0

@@ -34,7 +34,7 @@ def run_dir(tmp_path):
 
 def test_save_keeps_tables_and_json_only_with_provenance(run_dir, tmp_path):
     dest = reference.save(run_dir, command="bash scripts/run-notebook.sh 01 -p PRESET cpu", preset="cpu",
-                          wall_seconds=60.0, commit="abc1234", root=tmp_path / "results")
+                          wall_seconds=60.0, commit="abc1234", note="alone on the machine", root=tmp_path / "results")
     kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert kept == ["metrics.csv", "probe_changes.csv", "probe_steps/probe_step0025.csv", "provenance.json",
                     "summary.json"]
@@ -42,7 +42,7 @@ def test_save_keeps_tables_and_json_only_with_provenance(run_dir, tmp_path):
     assert prov["command"].startswith("bash scripts/run-notebook.sh 01") and prov["commit"] == "abc1234"
     assert prov["label"] == "SmolLM2 · 4 steps · CPU" and prov["machine"] and prov["date_utc"]
     line = reference.describe("01_rule_based", "cpu", tmp_path / "results")
-    assert "1.0 min wall" in line and "abc1234" in line and prov["machine"] in line
+    assert "1.0 min wall" in line and "abc1234" in line and prov["machine"] in line and "(alone on the machine)" in line
 
 
 def test_save_refuses_large_files_and_missing_runs(run_dir, tmp_path, monkeypatch):
