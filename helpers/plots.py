@@ -328,7 +328,8 @@ def change_intervals(table, label: str, *, row_label: str = "group", title: str 
     plt = pyplot()
     cols = [row_label] if isinstance(row_label, str) else list(row_label)
     names = [" · ".join(str(r[c]) for c in cols) + (f" (n={int(r['n'])})" if "n" in r else "") for _, r in table.iterrows()]
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.42 * max(len(table), 1)))
+    title_lines = wrap(label, 75).count("\n") + 1
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.42 * max(len(table), 1) + 0.18 * title_lines))
     if len(table):
         ys = list(range(len(table)))[::-1]
         deltas = table["delta"].to_numpy(float)
