@@ -65,11 +65,12 @@ GRIDS: dict[str, list[dict]] = {
     # and off, scale_rewards off, the SFT-term trainer).
     "smoke": [_BY_NAME["mean"], {"name": "sum_only_noscale_sft", "transform": "sum", "format_rewards": False,
                                  "scale_rewards": False, "sft_weight": 0.1}],
-    # A 2-core laptop, SmolLM2-135M, 18 steps each (GRID_OVERRIDES). Measured on this project's 2-core machine,
-    # 2026-11-30: 24.2 min wall for the whole notebook (40 SFT steps ~2.7 min, each variant 353-397 s of GRPO at
-    # ~20 s/step plus ~30 s to evaluate 20 questions), resumable at any point.
-    # It shows the central fact: with the same seed, sum and mean (std-scaled) give the same advantages,
-    # hence the same updates and (up to float rounding) the same run; without the scaling they do not.
+    # A 2-core laptop, SmolLM2-135M, the arith task, 18 steps each (GRID_OVERRIDES). Measured 2026-12-05 on a 2-core
+    # Xeon with AMX (bf16), after notebooks 01/02/05 in one runs folder: 24.4 min wall for the whole notebook (each
+    # variant 260-344 s of GRPO plus a 100-problem evaluation), resumable at any point (results/cpu/03_ablations/).
+    # It shows the central fact: with the same seed, sum and mean (std-scaled) give the same advantages, hence the
+    # same first updates (their first 2 steps matched there); sampling then turns rounding-level differences into
+    # different completions, so later steps differ as two seeds would. Without the scaling the advantages differ.
     "cpu": [_BY_NAME[n] for n in ("sum_only", "mean_only", "mean_only_noscale")],
     # One free Colab T4 session (Qwen2.5-1.5B 4-bit, 150 steps each, GRID_OVERRIDES). Estimate: the course
     # project this curriculum follows (README, "What good looks like") ran ~12 s/step for Qwen2.5-3B on a T4; our 1.5B model has half the parameters but up to 512-token
