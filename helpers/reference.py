@@ -203,6 +203,10 @@ def show_training(name: str, *, yours: str | Path | None = None, preset: str = "
 
 BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 LEARNING_BENCHMARK = "learning_arith_3seeds_faststep_2026-12-04.json"
+# The cpu recipe's rule-vs-logprob benchmarks by the logprob reward's span (helpers/logprob.py SPANS): 3 seeds over the
+# whole target (2026-12-04); 2 seeds over the answer span (2026-12-05), paired with the same rule runs (seeds 1-2).
+LEARNING_BENCHMARKS = {"whole target": LEARNING_BENCHMARK,
+                       "answer span": "learning_arith_2seeds_answerspan_2026-12-05.json"}
 
 
 def learning_benchmark(name: str = LEARNING_BENCHMARK, root: str | Path = BENCHMARK_DIR) -> dict:
