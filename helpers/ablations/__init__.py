@@ -28,7 +28,7 @@ Grid directory layout:
     ablation_results.csv      one row per variant
 """
 from ..dynamics import DYNAMICS_KINDS, DynamicsCallback, dynamics_pool, dynamics_stats, target_token_stats
-from .grid import (EFFECTIVE_NOTES, GRID_OVERRIDES, GRID_RUN_NAME, GRIDS, LOGPROB_OPTIONS, SHARED_FIELDS,
+from .grid import (EFFECTIVE_NOTES, GRID_OVERRIDES, GRID_RUN_NAME, GRIDS, IDENTITY_CHECK, LOGPROB_OPTIONS, SHARED_FIELDS,
                    base_config, coinciding_variants, effective_variant, normalized_variant, validate_variants,
                    variant_config, variant_reward_weights)
 from .runner import fresh_model_loader, reset_lora, run_grid, start_eval
@@ -37,7 +37,7 @@ from .table import aggregate, variant_row
 
 __all__ = [
     "DYNAMICS_KINDS", "DynamicsCallback", "dynamics_pool", "dynamics_stats", "target_token_stats",
-    "EFFECTIVE_NOTES", "GRID_OVERRIDES", "GRID_RUN_NAME", "GRIDS", "LOGPROB_OPTIONS", "SHARED_FIELDS",
+    "EFFECTIVE_NOTES", "GRID_OVERRIDES", "GRID_RUN_NAME", "GRIDS", "IDENTITY_CHECK", "LOGPROB_OPTIONS", "SHARED_FIELDS",
     "base_config", "coinciding_variants", "effective_variant", "normalized_variant", "validate_variants",
     "variant_config", "variant_reward_weights", "fresh_model_loader", "reset_lora", "run_grid", "start_eval",
     "SFT_KEYS", "answer_nll", "sft_batch", "sft_term_trainer_class", "aggregate", "variant_row",

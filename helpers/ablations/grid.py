@@ -46,6 +46,12 @@ _A100 = [
     {"name": "mean_only", "transform": "mean", "format_rewards": False},
     {"name": "sum_only_noscale", "transform": "sum", "format_rewards": False, "scale_rewards": False},
     {"name": "mean_only_noscale", "transform": "mean", "format_rewards": False, "scale_rewards": False},
+    # The loss's normalization alone (Dr. GRPO's length fix, arXiv 2503.20783, without its std change): every token
+    # weighs 1/(B·max_completion_length) instead of 1/(B·|o_i|), so short completions lose their larger per-token push.
+    {"name": "mean_only_drloss", "transform": "mean", "format_rewards": False, "loss_type": "dr_grpo"},
+    # A non-linear transform alone: RLPR's mean token probability (arXiv 2506.18254). Scaling cannot cancel a change
+    # of shape: the spacing between a group's rewards, hence its advantages, differs from the log-prob's.
+    {"name": "token_prob_only", "transform": "token_prob_mean", "format_rewards": False},
     # The control (notebook 02) and one change at a time.
     {"name": "mean"},
     {"name": "sum", "transform": "sum"},  # mixed with format rewards the factor n no longer cancels
@@ -65,13 +71,14 @@ GRIDS: dict[str, list[dict]] = {
     # and off, scale_rewards off, the SFT-term trainer).
     "smoke": [_BY_NAME["mean"], {"name": "sum_only_noscale_sft", "transform": "sum", "format_rewards": False,
                                  "scale_rewards": False, "sft_weight": 0.1}],
-    # A 2-core laptop, SmolLM2-135M, the arith task, 18 steps each (GRID_OVERRIDES). Measured 2026-12-05 on a 2-core
-    # Xeon with AMX (bf16), after notebooks 01/02/05 in one runs folder: 24.4 min wall for the whole notebook (each
-    # variant 260-344 s of GRPO plus a 100-problem evaluation), resumable at any point (results/cpu/03_ablations/).
-    # It shows the central fact: with the same seed, sum and mean (std-scaled) give the same advantages, hence the
-    # same first updates (their first 2 steps matched there); sampling then turns rounding-level differences into
-    # different completions, so later steps differ as two seeds would. Without the scaling the advantages differ.
-    "cpu": [_BY_NAME[n] for n in ("sum_only", "mean_only", "mean_only_noscale")],
+    # A 2-core laptop, SmolLM2-135M, the arith task, 18 steps each (GRID_OVERRIDES), the logprob reward scoring the
+    # answer span. Each variant changes one thing that std scaling does NOT cancel, against the control mean_only:
+    # the scaling itself (noscale), the loss's length normalization (drloss), the transform's shape (token_prob) and
+    # the mix with format rewards (mean, notebook 02's setup). sum vs mean (which the scaling does cancel) is shown in
+    # milliseconds in the notebook, and trained only on request (IDENTITY_CHECK). The 2026-12-05 sum_only / mean_only /
+    # mean_only_noscale runs took 260-344 s of GRPO each on a 2-core Xeon with AMX (bf16).
+    "cpu": [_BY_NAME[n] for n in ("mean_only", "mean_only_noscale", "mean_only_drloss", "token_prob_only", "mean")],
+
     # One free Colab T4 session (Qwen2.5-1.5B 4-bit, 150 steps each, GRID_OVERRIDES). Estimate: the course
     # project this curriculum follows (README, "What good looks like") ran ~12 s/step for Qwen2.5-3B on a T4; our 1.5B model has half the parameters but up to 512-token
     # completions (generation dominates and grows with length), so we keep 12 s/step rather than halve it:
@@ -81,14 +88,17 @@ GRIDS: dict[str, list[dict]] = {
     # The four choices that change training most on a real model: control, mixed sum, the course
     # project's exp-transform ×3, and the SFT term.
     "t4": [_BY_NAME[n] for n in ("mean", "sum", "gmean_prob_x3", "sft_term")],
-    # The full grid (14 variants × 300 steps). At an assumed ~6 s/step for Qwen2.5-3B on an A100 (not
-    # measured) that is ~7 h: several sessions, each resuming where the last stopped.
+    # The full grid (16 variants × 300 steps). At an assumed ~6 s/step for Qwen2.5-3B on an A100 (not
+    # measured) that is ~8 h: several sessions, each resuming where the last stopped.
     "a100": _A100,
     # gpu-hf (a GPU without Unsloth, e.g. Colab's default runtime: generation through transformers): the cpu grid's
-    # three variants, which show what cancels, 40 steps each (GRID_OVERRIDES). Estimate, not measured: ~13 s/step on a
+    # control and its two normalization variants, 40 steps each (GRID_OVERRIDES). Estimate, not measured: ~13 s/step on a
     # T4 (config.py's gpu-hf comment) x 40 x 3 = 26 min, + the cold start and 4 evaluations of 50 questions ≈ 35 min.
-    "gpu-hf": [_BY_NAME[n] for n in ("sum_only", "mean_only", "mean_only_noscale")],
+    "gpu-hf": [_BY_NAME[n] for n in ("mean_only", "mean_only_noscale", "mean_only_drloss")],
 }
+# The identity check, trained (sum and mean, std-scaled, the logprob reward alone): what notebook 03 shows in
+# milliseconds. Optional (notebook 03's IDENTITY_CHECK box); on cpu it shares the grid's cold start and start evaluation.
+IDENTITY_CHECK = [_BY_NAME[n] for n in ("sum_only", "mean_only")]
 # Base-config overrides for the grid runs on top of the preset of the same name (shorter than a full run).
 GRID_OVERRIDES: dict[str, dict] = {
     "smoke": {},
