@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .plots import pyplot, save_figure, training_curves
+from .plots import DOWN, NOISE, UP, color_for, metric_title, pyplot, save_figure, training_curves, wrap
 
 CURVE_COLUMNS = ("reward", "rewards/correctness_reward/mean", "completions/mean_length", "kl", "reward_std",
                  "frac_reward_zero_std")
@@ -55,7 +55,8 @@ def final_bars(table, label: str, save_to: Sequence[str | Path] = (), metrics: S
     for i, (ax, metric) in enumerate(zip(axes.flat, metrics)):
         values = [float(x) if x is not None else math.nan for x in table[metric]]
         fraction = metric.endswith(("accuracy", "rate", "zero_std"))  # shares: shown in %, on a 0-1 axis
-        ax.barh(range(len(names)), [0 if math.isnan(x) else x for x in values], color="tab:blue", alpha=0.8)
+        ax.barh(range(len(names)), [0 if math.isnan(x) else x for x in values],
+                color=[color_for(n, k) for k, n in enumerate(names)], alpha=0.85)
         for y, x in enumerate(values):
             text = "n/a" if math.isnan(x) else (f"{x:.0%}" if fraction else f"{x:.3g}")
             ax.text(0 if math.isnan(x) else x, y, " " + text, va="center", fontsize=7)
@@ -70,6 +71,44 @@ def final_bars(table, label: str, save_to: Sequence[str | Path] = (), metrics: S
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle(label, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, save_to)
+    return fig
+
+
+CHANGE_TITLES = {"strict_accuracy": "strict accuracy", "gold_answer_logprob": "log P(gold answer | own reasoning)",
+                 "completion_tokens": "completion length (tokens)"}
+
+
+def change_panels(tables, label: str, save_to: Sequence[str | Path] = ()):
+    """Paired differences of an ablation grid (ablations.held_out_changes tables, one per row of panels: e.g. each
+    variant minus the shared start, then minus the control): one panel per metric, one interval per variant,
+    green above 0, red below, grey across it (within noise)."""
+    plt = pyplot()
+    tables = [t for t in tables if len(t)]
+    metrics = [m for m in CHANGE_TITLES if any(m in set(t["metric"]) for t in tables)]
+    if not tables or not metrics:
+        raise ValueError("Nothing to draw: no paired differences yet (run the grid first).")
+    nvar = max(t["variant"].nunique() for t in tables)
+    fig, axes = plt.subplots(len(tables), len(metrics), squeeze=False,
+                             figsize=(3.9 * len(metrics), (0.9 + 0.36 * nvar) * len(tables) + 0.5))
+    for r, table in enumerate(tables):
+        vs = str(table["vs"].iloc[0])
+        for c, metric in enumerate(metrics):
+            ax = axes[r][c]
+            t = table[table["metric"] == metric].reset_index(drop=True)
+            ys = list(range(len(t)))[::-1]
+            for y, (_, row) in zip(ys, t.iterrows()):
+                lo, hi, d = float(row["ci95_lo"]), float(row["ci95_hi"]), float(row["delta"])
+                colour = UP if lo > 0 else DOWN if hi < 0 else NOISE
+                ax.errorbar(d, y, xerr=[[d - lo], [hi - d]], fmt="o", color=colour, capsize=3)
+                ax.text(d, y + 0.2, f"{d:+.3g}", ha="center", fontsize=7)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_yticks(ys, list(t["variant"]) if c == 0 else [""] * len(t), fontsize=8)
+            ax.set_ylim(-0.7, max(len(t) - 0.3, 0.7))
+            ax.set_title(f"{CHANGE_TITLES[metric]}\nminus {vs}", fontsize=9)
+            ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(wrap(label + " · 95 % paired intervals over the evaluation questions", 110), fontsize=9)
     fig.tight_layout()
     save_figure(fig, save_to)
     return fig
@@ -94,4 +133,12 @@ def report(grid_dir: str | Path, table, label: str, figures_dir: str | Path | No
     if len(table):
         final_bars(table, label, paths("ablation_bars"))
         saved["bars"] = grid_dir / f"{prefix}_ablation_bars.png"
+    if (grid_dir / "eval_samples_start.csv").exists() and variant_files(grid_dir, "eval_samples_after.csv", names):
+        from .ablations.table import CONTROL, held_out_changes
+
+        tables = [held_out_changes(grid_dir, names)]
+        if CONTROL in names and (grid_dir / CONTROL / "eval_samples_after.csv").exists():
+            tables.append(held_out_changes(grid_dir, names, against=CONTROL))
+        change_panels(tables, label, paths("ablation_changes"))
+        saved["changes"] = grid_dir / f"{prefix}_ablation_changes.png"
     return saved

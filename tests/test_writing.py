@@ -385,3 +385,68 @@ def test_writing_probe_reuses_the_evaluations_and_pairs_by_story(tmp_path, monke
     hist = exp.probe_history()
     assert list(hist["step"]) == [0, 25] and hist["plan_tokens"].tolist() == [50.0, 50.0]
     assert set(writing.PROBE_PANELS) <= set(writing.PROBE_METRICS) and list(probe.PROBE_METRICS)[0] == "format_rate"
+
+
+# ---- story metrics (text only, CPU) and the KL remedy ------------------------------------------
+def test_story_metrics_catch_loops_lost_names_and_cut_off_stories():
+    opening = "Rufus was a small puppy. He loved to play tag with his boy, Leo. One day Aunt Rosa's cat came."
+    assert writing.character_names(opening) == {"rufus", "leo", "rosa"}  # not "He", "One", "Aunt"; "Rosa's" -> rosa
+    assert writing.names_kept(opening, "Leo hugged Rufus.") == pytest.approx(2 / 3)
+    assert writing.names_kept(opening, "The dog slept.") == 0.0
+    assert math.isnan(writing.names_kept("it was a dark day.", "Leo ran."))  # nobody named: undefined, not 0
+    assert writing.repeat_3gram("the dog ran home") == 0.0
+    looped = "the dog ran home the dog ran home the dog ran home"
+    assert writing.repeat_3gram(looped) == pytest.approx(6 / 10)  # 10 trigrams, 4 distinct: 6 are repeats
+    assert math.isnan(writing.repeat_3gram("too short"))
+    assert writing.story_ended('He smiled. "Thank you!"') == 1.0 and writing.story_ended("and then the") == 0.0
+    assert writing.story_ended("") == 0.0
+    ref = "Rufus hid under the kitchen table while thunder boomed."
+    assert writing.reference_recall(ref, "Rufus hid under the table.") == pytest.approx(2 / 5)  # of 5: rufus, table
+    assert writing.reference_recall(ref, "A rocket flew to the moon.") == 0.0
+
+
+def test_story_metrics_cannot_be_gamed_by_copying_the_plan_tags():
+    # the plain run's failure: the "story" repeats the plan block; it loops and does not end a sentence
+    story = "<reasoning>\n- Rufus was a small puppy.\n</reasoning>\n<reasoning>\n- Rufus was a small puppy.\n</reasoning>"
+    assert writing.repeat_3gram(story) > 0.3 and writing.story_ended(story) == 0.0
+
+
+def test_add_story_metrics_on_old_caches_and_frames_without_texts():
+    import pandas as pd
+
+    df = pd.DataFrame({"id": ["a", "b"], "opening": ["Mia had a kite.", "It rained."],
+                       "reference": ["Mia flew the kite.", "The rain stopped."], "story": ["Mia flew it high.", ""]})
+    out = writing.add_story_metrics(df)
+    assert set(writing.STORY_METRICS.values()) <= set(out) and "repeat_3gram" not in df  # a copy
+    assert out["names_kept"][0] == 1.0 and math.isnan(out["names_kept"][1]) and out["story_ended"].tolist() == [1.0, 0.0]
+    no_text = pd.DataFrame({"id": ["a"], "plan_tokens": [3]})
+    assert list(writing.add_story_metrics(no_text)) == ["id", "plan_tokens"]  # nothing to compute from: unchanged
+    assert math.isnan(writing.add_story_metrics(df.drop(columns="reference"))["reference_recall"][0])
+
+
+def test_remedy_is_the_same_run_plus_a_kl_term():
+    cfg = writing.writing_config("cpu")
+    kl = writing.remedy_config(cfg, 0.04)
+    assert kl.beta == 0.04 and cfg.beta == 0.0 and kl.run_name == "04_writing_mean_kl0.04"
+    same = {k for k in cfg.to_dict() if k not in ("beta", "run_name")}
+    assert all(getattr(kl, k) == getattr(cfg, k) for k in same)  # one change only
+    with pytest.raises(ValueError, match="beta must be positive"):
+        writing.remedy_config(cfg, 0.0)
+    config.validate(kl)
+
+
+def test_compare_runs_pairs_the_same_stories():
+    import pandas as pd
+
+    def frame(plan_tokens, story):
+        return pd.DataFrame({"id": ["s1", "s2", "s3"], "opening": ["Mia ran."] * 3, "reference": ["Mia ran home."] * 3,
+                             "story": [story] * 3, "plan_tokens": plan_tokens, "lp_plan": [-2.0, -2.1, -2.2],
+                             "plan_ok": [1.0] * 3, "improvement_pct": [0.0] * 3, "improvement_pct_frozen": [0.0] * 3})
+
+    plain, kl = frame([10, 12, 14], "the the the the the the"), frame([40, 42, 44], "Mia ran home.")
+    t = writing.compare_runs(plain, kl).set_index("metric")
+    assert t.loc["plan_tokens", "delta"] == pytest.approx(30.0) and t.loc["plan_tokens", "verdict"] == "up"
+    assert t.loc["story_ended", "delta"] == 1.0 and t.loc["repeat_3gram", "delta"] < 0
+    assert list(t.columns[:2]) == ["plain GRPO", "with KL"] and (t["n"] == 3).all()
+    with pytest.raises(ValueError, match="different questions"):
+        writing.compare_runs(plain, kl.iloc[::-1].reset_index(drop=True))

@@ -3,7 +3,7 @@
 - `grid`      the schema: LOGPROB_OPTIONS, GRIDS, GRID_OVERRIDES, variant validation and configuration, and
               which variants coincide on a backend;
 - `runner`    run_grid: trains and evaluates every variant, resumable;
-- `table`     aggregate / variant_row: the ablation table;
+- `table`     aggregate / variant_row: the ablation table; held_out_changes: paired differences per question;
 - `sft_term`  the SFT term λ·NLL(gold | prompt, own reasoning) and the GRPOTrainer subclass that adds it;
 - `helpers.dynamics` (shared with other notebooks) the training-dynamics probe; `helpers.ablation_plots` the plots.
 
@@ -28,17 +28,17 @@ Grid directory layout:
     ablation_results.csv      one row per variant
 """
 from ..dynamics import DYNAMICS_KINDS, DynamicsCallback, dynamics_pool, dynamics_stats, target_token_stats
-from .grid import (EFFECTIVE_NOTES, GRID_OVERRIDES, GRID_RUN_NAME, GRIDS, IDENTITY_CHECK, LOGPROB_OPTIONS, SHARED_FIELDS,
+from .grid import (EFFECTIVE_NOTES, GRID_OVERRIDES, GRID_RUN_NAME, GRIDS, LOGPROB_OPTIONS, SHARED_FIELDS,
                    base_config, coinciding_variants, effective_variant, normalized_variant, validate_variants,
                    variant_config, variant_reward_weights)
 from .runner import fresh_model_loader, reset_lora, run_grid, start_eval
 from .sft_term import SFT_KEYS, answer_nll, sft_batch, sft_term_trainer_class
-from .table import aggregate, variant_row
+from .table import CHANGE_METRICS, CONTROL, aggregate, held_out_changes, variant_row
 
 __all__ = [
     "DYNAMICS_KINDS", "DynamicsCallback", "dynamics_pool", "dynamics_stats", "target_token_stats",
-    "EFFECTIVE_NOTES", "GRID_OVERRIDES", "GRID_RUN_NAME", "GRIDS", "IDENTITY_CHECK", "LOGPROB_OPTIONS", "SHARED_FIELDS",
+    "EFFECTIVE_NOTES", "GRID_OVERRIDES", "GRID_RUN_NAME", "GRIDS", "LOGPROB_OPTIONS", "SHARED_FIELDS",
     "base_config", "coinciding_variants", "effective_variant", "normalized_variant", "validate_variants",
     "variant_config", "variant_reward_weights", "fresh_model_loader", "reset_lora", "run_grid", "start_eval",
-    "SFT_KEYS", "answer_nll", "sft_batch", "sft_term_trainer_class", "aggregate", "variant_row",
+    "SFT_KEYS", "answer_nll", "sft_batch", "sft_term_trainer_class", "aggregate", "variant_row", "CHANGE_METRICS", "CONTROL", "held_out_changes",
 ]

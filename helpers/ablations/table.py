@@ -91,3 +91,42 @@ def aggregate(grid_dir: str | Path, names: Sequence[str] | None = None, same_as:
     full = [r for r in rows if "same_as" not in r and r.get("variant") != "start"]
     order = list(full[-1]) if full else []  # a trained variant's row has every column, in reading order
     return table[order + [c for c in table.columns if c not in order]]
+
+
+# Per-question columns of the greedy evaluation (eval_samples_*.csv) that the paired comparisons use.
+CHANGE_METRICS = {"strict_accuracy": "strict_correct",         # the answer right, in the format
+                  "gold_answer_logprob": "gold_answer_logprob",  # log P(gold answer | prompt, own reasoning)
+                  "completion_tokens": "length_tokens"}           # how long the greedy completion is
+CONTROL = "mean_only"  # the variant the others change one thing of (cpu grid)
+
+
+def _samples(path: str | Path):
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def held_out_changes(grid_dir: str | Path, names: Sequence[str], *, against: str = "start",
+                     metrics: dict[str, str] = CHANGE_METRICS, seed: int = 0):
+    """One row per (variant, metric): the variant's greedy evaluation after GRPO minus `against` ("start": the
+    shared starting policy's; else another variant's after GRPO), paired question by question, with the bootstrap
+    95 % interval and verdict (probe.changes). Variants without an evaluation yet, and `against` itself, are left out."""
+    import pandas as pd
+
+    from .. import probe
+
+    grid_dir = Path(grid_dir)
+    base_path = grid_dir / ("eval_samples_start.csv" if against == "start" else f"{against}/eval_samples_after.csv")
+    if not base_path.exists():
+        raise FileNotFoundError(f"{base_path} is missing: evaluate {against!r} first (run the grid).")
+    base = _samples(base_path)
+    parts = []
+    for name in names:
+        path = grid_dir / name / "eval_samples_after.csv"
+        if name == against or not path.exists():
+            continue
+        t = probe.changes(_samples(path), base, list(metrics), names=(against, name), columns=metrics,
+                          key="question", dropna=True, seed=seed)
+        parts.append(t.rename(columns={against: "against", name: "variant_mean"}).assign(variant=name, vs=against))
+    cols = ["variant", "vs", "metric", "against", "variant_mean", "delta", "ci95_lo", "ci95_hi", "verdict", "n"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)

@@ -17,8 +17,9 @@ split into a training set and a held-out set by a hash of each story's id.
 
 One job per module: `settings` (system prompt, VR-CLI levels, WRITING_OVERRIDES, writing_config), `stories`
 (data, prompts, datasets), `plans` (plan parsing and the canonical scoring context), `reward` (writing_reward),
-`evaluation` (held-out evaluation and its table), `judge` (optional pairwise judge), `curves` (training curves),
-`experiment` (WritingExperiment, run_writing_stage). Every public name is also importable from `helpers.writing`.
+`evaluation` (held-out evaluation and its table), `story_metrics` (loops, names kept, reference recall, ended:
+text only, CPU), `judge` (optional pairwise judge), `curves` (training curves),
+`experiment` (WritingExperiment, run_writing_stage, the KL remedy and its paired comparison). Every public name is also importable from `helpers.writing`.
 """
 from .settings import (BUNDLED_STORIES, HUB_DATASET, HUB_LICENSE, WRITING_SYSTEM_PROMPT, USER_TEMPLATE,
     VRCLI_THRESHOLDS, VRCLI_LEVELS, KINDS, WRITING_OVERRIDES, writing_weights, writing_config)
@@ -29,7 +30,10 @@ from .reward import mean_logprob, relative_improvement, vrcli_bucket, writing_re
 from .evaluation import PROBE_METRICS, PROBE_PANELS, before_after_pairs, distinct_n, evaluate, score_plans, summarize
 from .judge import JUDGE_PROMPT, judge_preferences, load_judge
 from .curves import writing_curves
-from .experiment import WritingExperiment, cold_start_rows, run_writing_stage, sft_grpo_split
+from .story_metrics import (STORY_METRICS, add_story_metrics, character_names, names_kept, reference_recall,
+    repeat_3gram, story_ended)
+from .experiment import (REMEDY_BETA, WritingExperiment, cold_start_rows, compare_runs, remedy_config,
+    remedy_experiment, run_writing_stage, sft_grpo_split)
 
 __all__ = [
     "BUNDLED_STORIES", "HUB_DATASET", "HUB_LICENSE", "WRITING_SYSTEM_PROMPT", "USER_TEMPLATE",
@@ -40,4 +44,6 @@ __all__ = [
     "relative_improvement", "vrcli_bucket", "writing_reward", "PROBE_METRICS", "PROBE_PANELS", "before_after_pairs", "distinct_n", "evaluate",
     "score_plans", "summarize", "JUDGE_PROMPT", "judge_preferences", "load_judge", "writing_curves",
     "WritingExperiment", "cold_start_rows", "run_writing_stage", "sft_grpo_split",
+    "STORY_METRICS", "add_story_metrics", "character_names", "names_kept", "reference_recall", "repeat_3gram",
+    "story_ended", "REMEDY_BETA", "compare_runs", "remedy_config", "remedy_experiment",
 ]

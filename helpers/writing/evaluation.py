@@ -11,6 +11,7 @@ from ..logprob import prompt_text, score_or_none, scorer_scope
 from .plans import extract_continuation, extract_plan, limit_plan, plan_context
 from .reward import mean_logprob, relative_improvement
 from .stories import make_prompt
+from .story_metrics import STORY_METRICS, add_story_metrics
 
 # The writing probe (WritingExperiment.probe): metric name -> per-story column of `evaluate`'s DataFrame
 PROBE_METRICS = {
@@ -19,6 +20,7 @@ PROBE_METRICS = {
     "reference_logprob": "lp_plan",  # mean token log-prob of the reference given the own plan (the reward)
     "plan_tokens": "plan_tokens",
     "format_rate": "plan_ok",
+    **STORY_METRICS,  # the story itself, from its text (story_metrics.py): loops, names kept, reference recall, ended
 }
 PROBE_PANELS = {"improvement_pct": "improvement of own plan over no plan (%)",
                 "improvement_pct_frozen": "the same, frozen scorer (%)",
@@ -71,7 +73,7 @@ def evaluate(model, tokenizer, rows: Sequence[dict], cfg: RunConfig, *, backend:
                         "plan_ok": float(status == "ok"), "plan_tokens": n, "plan_truncated": cut, "story": story,
                         "story_words": len(re.findall(r"[\w']+", story)),
                         "distinct_1": distinct_n([story], 1), "distinct_2": distinct_n([story], 2)})
-    df = pd.DataFrame.from_records(records)
+    df = add_story_metrics(pd.DataFrame.from_records(records))
     plans = list(df["plan"])
     columns = {"lp_plan": (plans, False), "lp_noplan": ([""] * len(rows), False),
                "lp_plan_frozen": (plans, True), "lp_noplan_frozen": ([""] * len(rows), True)}
@@ -105,6 +107,8 @@ def summarize(df, label: str = "") -> dict:
         "plan_tokens": float(df["plan_tokens"].mean()) if len(df) else float("nan"),
         "story_words": float(df["story_words"].mean()) if len(df) else float("nan"),
         "distinct_1": distinct_n(list(df["story"]), 1), "distinct_2": distinct_n(list(df["story"]), 2),
+        **{name: float(np.nanmean(df[col])) if col in df and df[col].notna().any() else float("nan")
+           for name, col in STORY_METRICS.items()},
     }
 
 

@@ -8,6 +8,7 @@ from .. import pipeline, plots, probe
 from ..config import RunConfig
 from .curves import writing_curves
 from .evaluation import PROBE_METRICS, evaluate, summarize
+from .story_metrics import STORY_METRICS, add_story_metrics
 from .reward import writing_reward
 from .stories import format_example, grpo_dataset, load_for_run, sft_dataset, trim_to_tokens
 
@@ -64,11 +65,21 @@ class WritingExperiment(pipeline.Experiment):
         for col in ("plan", "story", "author_plan", "completion"):  # texts may be empty, never NaN
             if col in df:
                 df[col] = df[col].fillna("").astype(str)
-        return df
+        return df if all(c in df for c in STORY_METRICS.values()) else add_story_metrics(df)  # older caches
 
     @staticmethod
     def summarize(df, label: str) -> dict:
         return summarize(df, label)
+
+    @property
+    def label(self) -> str:
+        """Figure label: model, the stories task (not cfg.task, the maths task of the other notebooks), steps, the KL
+        weight when there is one, hardware."""
+        sft = self.cfg.sft_steps if self.cfg.sft_steps else 0
+        steps = self.result.steps if self.result else self.cfg.max_steps
+        kl = f" (KL β={self.cfg.beta:g})" if self.cfg.beta else ""
+        return plots.run_label(self.cfg.model_name, (f"{sft} SFT + {steps} GRPO" if sft else f"{steps}") + kl,
+                               precision=self.cfg.precision, task="stories")
 
     # The probe (pipeline.Experiment.probe): the held-out stories, evaluated as in `evaluate`. The start and end
     # probes are the after-cold-start and after-GRPO evaluations themselves (no second generation); the checkpoints
@@ -91,7 +102,7 @@ class WritingExperiment(pipeline.Experiment):
             return None
         ev = "after" if label == "end" else "after_sft" if self.cfg.sft_steps else "before"
         df = probe.cached(self.run_dir / f"probe_{label}.csv", lambda: self.evaluate(ev)[1])
-        return self._keep_probe(label, df)
+        return self._keep_probe(label, add_story_metrics(df))  # from the texts: also for probes cached before them
 
     def plot_curves(self, metrics_csv, save_to):
         kind = next((f.split("_")[1] for f in self.cfg.reward_weights if f.startswith("writing_")), "mean")
@@ -128,3 +139,51 @@ def run_writing_stage(cfg: RunConfig, kind: str = "mean", **kw):
     if exp.probe("end") is not None:
         exp.probe_changes()
     return exp
+
+
+# ---------------------------------------------------------------------------------------
+# The remedy (notebook 04, part 7): the same GRPO run with a KL term, from the same cold start
+REMEDY_BETA = 0.04  # TRL's default KL weight (DeepSeekMath's value); plain GRPO on the cpu preset uses 0
+SHARED_BEFORE_GRPO = ("eval_samples_before.csv", "eval_samples_after_sft.csv", "probe_start.csv")
+
+
+def remedy_config(cfg: RunConfig, beta: float = REMEDY_BETA) -> RunConfig:
+    """`cfg` with a KL term of weight `beta` toward the cold-start policy; its own run folder <run>_kl<beta>."""
+    if not beta > 0:
+        raise ValueError(f"The remedy is a KL term: beta must be positive, got {beta!r}.")
+    return cfg.override(beta=float(beta), run_name=f"{cfg.run_name}_kl{beta:g}")
+
+
+def remedy_experiment(plain: "WritingExperiment", beta: float = REMEDY_BETA, **kw) -> "WritingExperiment":
+    """A second WritingExperiment that trains exactly like `plain` plus a KL term of weight `beta`, so the two
+    GRPO runs can be paired story by story.
+
+    It starts from the SAME cold start: `plain`'s sft_lora is loaded, not retrained. The evaluations made before
+    GRPO (greedy, of that same policy) are copied from `plain`'s folder rather than generated again. hf: a fresh
+    model load (the plain run's model keeps its GRPO adapter); unsloth: the plain run's model with its LoRA reset
+    (one vLLM engine per session), the cold start then reloaded into it."""
+    import shutil
+
+    if plain.sft_dir is None and plain.cfg.sft_steps:
+        raise RuntimeError("Run the plain experiment's cold_start() first: the remedy starts from the same one.")
+    cfg = remedy_config(plain.cfg, beta)
+    model = tokenizer = None
+    if plain.backend == "unsloth":
+        from ..ablations.runner import reset_lora
+
+        reset_lora(plain.model, cfg.seed)
+        model, tokenizer = plain.model, plain.tokenizer
+    exp = WritingExperiment(cfg, backend=plain.backend, model=model, tokenizer=tokenizer, **kw)
+    for name in SHARED_BEFORE_GRPO:
+        src, dst = plain.run_dir / name, exp.run_dir / name
+        if src.exists() and not dst.exists() and exp.is_main:
+            shutil.copyfile(src, dst)
+    exp.cold_start(sft_dir=plain.sft_dir)
+    return exp
+
+
+def compare_runs(plain_df, remedy_df, *, names: tuple[str, str] = ("plain GRPO", "with KL"), seed: int = 0):
+    """Remedy minus plain on the same held-out stories after GRPO, per probe metric (the reward's reference log-prob,
+    plan length, the story metrics): the two means, the paired difference, its bootstrap 95 % interval and verdict."""
+    return probe.changes(add_story_metrics(remedy_df), add_story_metrics(plain_df), names=names,
+                         columns=PROBE_METRICS, key="id", dropna=True, seed=seed)
