@@ -85,20 +85,11 @@ def log(msg: str) -> None:
 def machine(cfg) -> dict:
     """What the numbers were measured on: the precision 'auto' resolved to, the CPU and its bf16 units (a result
     measured in bf16 on an AMX Xeon and one in fp32 on an AVX2-only CPU differ in time, and slightly in answers)."""
-    import platform
-
     import torch
 
     from helpers import runtime
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = runtime.cpu_model_name()
     return {"precision": runtime.resolve_precision(cfg.precision), "cpu": name, "cores": os.cpu_count(),
             "cpu_bf16_units": ",".join(runtime.cpu_bf16_units()) or "none",
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}

@@ -117,28 +117,31 @@ def change_panels(tables, label: str, save_to: Sequence[str | Path] = ()):
 def report(grid_dir: str | Path, table, label: str, figures_dir: str | Path | None = None,
            prefix: str = "03") -> dict[str, Path]:
     """Every ablation figure, saved in the grid directory (and `figures_dir`); returns {name: path}."""
+    from .ablations.table import replicate_groups
+
     grid_dir = Path(grid_dir)
     names = [n for n in table["variant"] if n != "start"]
+    first_seeds = list(replicate_groups(names))  # curves: one run per variant (its first seed), else unreadable
 
     def paths(name: str) -> list[Path]:
         return [d / f"{prefix}_{name}.png" for d in (grid_dir, Path(figures_dir) if figures_dir else None) if d]
 
     saved = {}
-    if variant_files(grid_dir, "metrics.csv", names):
-        variant_curves(grid_dir, label, paths("ablation_curves"), names=names)
+    if variant_files(grid_dir, "metrics.csv", first_seeds):
+        variant_curves(grid_dir, label, paths("ablation_curves"), names=first_seeds)
         saved["curves"] = grid_dir / f"{prefix}_ablation_curves.png"
-    if variant_files(grid_dir, "dynamics.csv", names):
-        dynamics_curves(grid_dir, label, paths("ablation_dynamics"), names=names)
+    if variant_files(grid_dir, "dynamics.csv", first_seeds):
+        dynamics_curves(grid_dir, label, paths("ablation_dynamics"), names=first_seeds)
         saved["dynamics"] = grid_dir / f"{prefix}_ablation_dynamics.png"
     if len(table):
         final_bars(table, label, paths("ablation_bars"))
         saved["bars"] = grid_dir / f"{prefix}_ablation_bars.png"
     if (grid_dir / "eval_samples_start.csv").exists() and variant_files(grid_dir, "eval_samples_after.csv", names):
-        from .ablations.table import CONTROL, held_out_changes
+        from .ablations.table import CONTROL, pooled_changes  # over the seeds of each variant (one seed: as is)
 
-        tables = [held_out_changes(grid_dir, names)]
+        tables = [pooled_changes(grid_dir, names)]
         if CONTROL in names and (grid_dir / CONTROL / "eval_samples_after.csv").exists():
-            tables.append(held_out_changes(grid_dir, names, against=CONTROL))
+            tables.append(pooled_changes(grid_dir, names, against=CONTROL))
         change_panels(tables, label, paths("ablation_changes"))
         saved["changes"] = grid_dir / f"{prefix}_ablation_changes.png"
     return saved

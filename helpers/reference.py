@@ -10,7 +10,6 @@ tables and JSON (no checkpoints, adapters or executed notebooks) and refuses lar
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import subprocess
 from datetime import datetime, timezone
@@ -46,15 +45,9 @@ def _commit(repo: Path) -> str:
 def machine_description() -> str:
     """The CPU's model name, core count and bf16 units (or the GPU's name): which machine a number came from."""
     from .plots import hardware_label
+    from .runtime import cpu_model_name
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpu_model_name()
     return f"{name} · {hardware_label()}"
 
 

@@ -92,6 +92,19 @@ def cpu_flags() -> frozenset[str] | None:
     return None
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("Intel(R) Xeon(R) ..."), else what `platform` knows: which machine a
+    number came from."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in CPUINFO.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return name
+
+
 def _torch_cpu_bf16() -> bool:
     """torch can send bf16 matmuls to oneDNN on this CPU (necessary, not sufficient: it says True on plain AVX-512,
     where oneDNN emulates bf16)."""

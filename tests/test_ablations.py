@@ -407,3 +407,58 @@ def test_run_grid_end_to_end_on_a_tiny_model(tiny_tok, monkeypatch, tmp_path):
     assert table["steps"].tolist() == [0, 1, 1]
     ablations.run_grid(base, ablations.GRIDS["smoke"], backend="hf", load_model=load)
     assert len(loads) == 2
+
+
+# ---- paired held-out changes, seeds ------------------------------------------------------------
+def _write_eval(path, correct, gold_lp, length, questions=("q1", "q2", "q3", "q4")):
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"question": list(questions), "strict_correct": correct, "gold_answer_logprob": gold_lp,
+                  "length_tokens": length}).to_csv(path, index=False)
+
+
+def test_held_out_changes_pair_each_variant_with_the_start_and_the_control(tmp_path):
+    _write_eval(tmp_path / "eval_samples_start.csv", [0, 0, 1, 0], [-5.0, -4.0, -1.0, -6.0], [50, 50, 50, 50])
+    _write_eval(tmp_path / "mean_only" / "eval_samples_after.csv", [1, 1, 1, 1], [-1.0, -1.0, -1.0, -1.0], [30] * 4)
+    _write_eval(tmp_path / "noscale" / "eval_samples_after.csv", [0, 0, 1, 0], [-5.0, -4.0, -1.0, -6.0], [50] * 4)
+    t = ablations.held_out_changes(tmp_path, ["mean_only", "noscale", "not_run"]).set_index(["variant", "metric"])
+    assert t.loc[("mean_only", "strict_accuracy"), "delta"] == pytest.approx(0.75)
+    assert t.loc[("mean_only", "gold_answer_logprob"), "verdict"] == "up"
+    assert t.loc[("mean_only", "completion_tokens"), "verdict"] == "down"
+    assert t.loc[("noscale", "strict_accuracy"), "delta"] == 0.0 and t.loc[("noscale", "strict_accuracy"), "verdict"] == "within noise"
+    assert "not_run" not in t.index.get_level_values(0)  # no evaluation yet: left out, not an error
+    c = ablations.held_out_changes(tmp_path, ["mean_only", "noscale"], against="mean_only")
+    assert set(c["variant"]) == {"noscale"} and (c["vs"] == "mean_only").all()
+    assert c.set_index("metric").loc["strict_accuracy", "delta"] == pytest.approx(-0.75)
+    with pytest.raises(FileNotFoundError, match="run the grid"):
+        ablations.held_out_changes(tmp_path, ["noscale"], against="missing")
+
+
+def test_seeds_replicate_variants_and_pool_per_question(tmp_path):
+    grid = [{"name": "mean_only", "format_rewards": False}, {"name": "noscale", "scale_rewards": False}]
+    runs = ablations.replicate(grid, [43])
+    assert [r["name"] for r in runs] == ["mean_only", "noscale", "mean_only_s43", "noscale_s43"]
+    assert runs[2] == {"name": "mean_only_s43", "format_rewards": False, "seed": 43} and "seed" not in runs[0]
+    assert ablations.replicate(grid, []) == grid
+    with pytest.raises(ValueError, match="non-negative integers"):
+        ablations.replicate(grid, ["1"])
+    ablations.validate_variants(runs, ablations.base_config("smoke"))  # a seed is a per-variant field
+    assert ablations.replicate_groups(["mean_only", "noscale", "mean_only_s43", "other_s2"]) == {
+        "mean_only": ["mean_only", "mean_only_s43"], "noscale": ["noscale"], "other_s2": ["other_s2"]}
+    _write_eval(tmp_path / "eval_samples_start.csv", [0, 0, 0, 0], [-4.0] * 4, [50] * 4)
+    _write_eval(tmp_path / "mean_only" / "eval_samples_after.csv", [1, 1, 0, 0], [-2.0] * 4, [40] * 4)
+    _write_eval(tmp_path / "mean_only_s43" / "eval_samples_after.csv", [1, 0, 0, 0], [-3.0] * 4, [60] * 4)
+    _write_eval(tmp_path / "noscale" / "eval_samples_after.csv", [0, 0, 0, 0], [-4.0] * 4, [50] * 4)
+    t = ablations.pooled_changes(tmp_path, ["mean_only", "mean_only_s43", "noscale"]).set_index(["variant", "metric"])
+    assert t.loc[("mean_only", "strict_accuracy"), "delta"] == pytest.approx(3 / 8)  # (2 + 1) right of 8 answers
+    assert t.loc[("mean_only", "gold_answer_logprob"), "delta"] == pytest.approx(1.5)
+    assert t.loc[("mean_only", "completion_tokens"), "delta"] == pytest.approx(0.0)  # the seeds cancel: -10, +10
+    assert t.loc[("mean_only", "strict_accuracy"), "seeds"] == 2 and t.loc[("noscale", "strict_accuracy"), "seeds"] == 1
+    c = ablations.pooled_changes(tmp_path, ["mean_only", "mean_only_s43", "noscale"], against="mean_only")
+    assert set(c["variant"]) == {"noscale"} and (c["seeds_against"] == 2).all()
+    assert c.set_index("metric").loc["gold_answer_logprob", "delta"] == pytest.approx(-1.5)
+    _write_eval(tmp_path / "noscale_s43" / "eval_samples_after.csv", [0] * 4, [-4.0] * 4, [50] * 4,
+                questions=("q4", "q3", "q2", "q1"))
+    with pytest.raises(ValueError, match="different questions"):
+        ablations.pooled_changes(tmp_path, ["noscale", "noscale_s43"])

@@ -33,7 +33,8 @@ from .grid import (EFFECTIVE_NOTES, GRID_OVERRIDES, GRID_RUN_NAME, GRIDS, LOGPRO
                    variant_config, variant_reward_weights)
 from .runner import fresh_model_loader, reset_lora, run_grid, start_eval
 from .sft_term import SFT_KEYS, answer_nll, sft_batch, sft_term_trainer_class
-from .table import CHANGE_METRICS, CONTROL, aggregate, held_out_changes, variant_row
+from .table import (CHANGE_METRICS, CONTROL, aggregate, held_out_changes, pooled_changes, replicate,
+                    replicate_groups, variant_row)
 
 __all__ = [
     "DYNAMICS_KINDS", "DynamicsCallback", "dynamics_pool", "dynamics_stats", "target_token_stats",
@@ -41,4 +42,5 @@ __all__ = [
     "base_config", "coinciding_variants", "effective_variant", "normalized_variant", "validate_variants",
     "variant_config", "variant_reward_weights", "fresh_model_loader", "reset_lora", "run_grid", "start_eval",
     "SFT_KEYS", "answer_nll", "sft_batch", "sft_term_trainer_class", "aggregate", "variant_row", "CHANGE_METRICS", "CONTROL", "held_out_changes",
+    "pooled_changes", "replicate", "replicate_groups",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -130,3 +131,80 @@ def held_out_changes(grid_dir: str | Path, names: Sequence[str], *, against: str
         parts.append(t.rename(columns={against: "against", name: "variant_mean"}).assign(variant=name, vs=against))
     cols = ["variant", "vs", "metric", "against", "variant_mean", "delta", "ci95_lo", "ci95_hi", "verdict", "n"]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+# ---------------------------------------------------------------------------------------
+# Seeds: one grid, each variant trained with several GRPO seeds from the same cold start
+_SEED_SUFFIX = re.compile(r"^(?P<base>.+)_s(?P<seed>\d+)$")
+
+
+def replicate(variants: Sequence[dict], seeds: Sequence[int]) -> list[dict]:
+    """`variants` once with the base config's seed, then again for every seed in `seeds` as "<name>_s<seed>" with
+    {"seed": seed}: the same cold start and start evaluation, another GRPO sampling. An empty `seeds` changes nothing."""
+    out = [dict(v) for v in variants]
+    for s in seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise ValueError(f"Seeds must be non-negative integers, got {s!r}.")
+        out += [{**v, "name": f"{v['name']}_s{s}", "seed": s} for v in variants]
+    return out
+
+
+def replicate_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """{variant: [its runs]}: "mean_s1" joins "mean" when "mean" is among `names`; any other name is its own group."""
+    names = list(names)
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        m = _SEED_SUFFIX.match(n)
+        base = m["base"] if m and m["base"] in names else n
+        groups.setdefault(base, []).append(n)
+    return groups
+
+
+def pooled_changes(grid_dir: str | Path, names: Sequence[str], *, against: str = "start",
+                   metrics: dict[str, str] = CHANGE_METRICS, seed: int = 0):
+    """held_out_changes over the seeds of each variant: per question, the mean over the variant's seeds minus the
+    mean over `against`'s seeds (or the shared start), then the paired bootstrap over questions. Column "seeds" says
+    how many runs each side averaged; read it with the per-seed rows of held_out_changes, which show whether the
+    seeds agree. Variants whose runs have not all been evaluated are left out."""
+    import numpy as np
+    import pandas as pd
+
+    from .. import probe
+
+    grid_dir = Path(grid_dir)
+    groups = replicate_groups(names)
+
+    def per_question(runs: list[str]):
+        frames = [_samples(grid_dir / r / "eval_samples_after.csv") for r in runs]
+        for f in frames[1:]:
+            if list(f["question"]) != list(frames[0]["question"]):
+                raise ValueError(f"The runs {runs} were evaluated on different questions: they cannot be pooled.")
+        return {m: np.mean([pd.to_numeric(f[col], errors="coerce").to_numpy(float) for f in frames], axis=0) for m, col in metrics.items()}
+
+    def evaluated(runs):
+        return all((grid_dir / r / "eval_samples_after.csv").exists() for r in runs)
+
+    if against == "start":
+        start = _samples(grid_dir / "eval_samples_start.csv")
+        base = {m: pd.to_numeric(start[col], errors="coerce").to_numpy(float) for m, col in metrics.items()}
+        base_runs = 1
+    else:
+        if against not in groups or not evaluated(groups[against]):
+            raise FileNotFoundError(f"{against!r} has no evaluation in {grid_dir} yet: run the grid first.")
+        base, base_runs = per_question(groups[against]), len(groups[against])
+    rows = []
+    for name, runs in groups.items():
+        if name == against or not evaluated(runs):
+            continue
+        after = per_question(runs)
+        for m in metrics:
+            a, b = after[m], base[m]
+            keep = np.isfinite(a) & np.isfinite(b)
+            delta, lo, hi = probe.paired_bootstrap(a[keep], b[keep], seed=seed)
+            rows.append({"variant": name, "vs": against, "metric": m, "against": float(b[keep].mean()),
+                         "variant_mean": float(a[keep].mean()), "delta": delta, "ci95_lo": lo, "ci95_hi": hi,
+                         "verdict": probe.verdict(lo, hi), "n": int(keep.sum()), "seeds": len(runs),
+                         "seeds_against": base_runs})
+    cols = ["variant", "vs", "metric", "against", "variant_mean", "delta", "ci95_lo", "ci95_hi", "verdict", "n",
+            "seeds", "seeds_against"]
+    return pd.DataFrame(rows, columns=cols)
