@@ -426,13 +426,18 @@ def test_add_story_metrics_on_old_caches_and_frames_without_texts():
 
 def test_remedy_is_the_same_run_plus_a_kl_term():
     cfg = writing.writing_config("cpu")
-    kl = writing.remedy_config(cfg, 0.04)
-    assert kl.beta == 0.04 and cfg.beta == 0.0 and kl.run_name == "04_writing_mean_kl0.04"
+    kl = writing.remedy_config(cfg)
+    assert kl.beta == writing.REMEDY_BETA == 0.1 and cfg.beta == 0.0 and kl.run_name == "04_writing_mean_kl0.1"
     same = {k for k in cfg.to_dict() if k not in ("beta", "run_name")}
     assert all(getattr(kl, k) == getattr(cfg, k) for k in same)  # one change only
-    with pytest.raises(ValueError, match="beta must be positive"):
-        writing.remedy_config(cfg, 0.0)
     config.validate(kl)
+    for bad in (0.0, -1, True, "0.1"):
+        with pytest.raises(ValueError, match="stronger KL term"):
+            writing.remedy_config(cfg, bad)
+    t4 = writing.writing_config("t4")  # its plain run already has TRL's KL 0.04: the remedy must be above it
+    assert t4.beta == 0.04 and writing.remedy_config(t4).beta == 0.1
+    with pytest.raises(ValueError, match="above 0.04"):
+        writing.remedy_config(t4, 0.04)
 
 
 def test_compare_runs_pairs_the_same_stories():

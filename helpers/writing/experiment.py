@@ -143,14 +143,18 @@ def run_writing_stage(cfg: RunConfig, kind: str = "mean", **kw):
 
 # ---------------------------------------------------------------------------------------
 # The remedy (notebook 04, part 7): the same GRPO run with a KL term, from the same cold start
-REMEDY_BETA = 0.04  # TRL's default KL weight (DeepSeekMath's value); plain GRPO on the cpu preset uses 0
+# The remedy's KL weight: above TRL's default 0.04, which the GPU presets' plain runs already train with (the cpu
+# preset's plain run uses 0), so on every preset the remedy adds KL pull that the plain run does not have.
+REMEDY_BETA = 0.1
 SHARED_BEFORE_GRPO = ("eval_samples_before.csv", "eval_samples_after_sft.csv", "probe_start.csv")
 
 
 def remedy_config(cfg: RunConfig, beta: float = REMEDY_BETA) -> RunConfig:
-    """`cfg` with a KL term of weight `beta` toward the cold-start policy; its own run folder <run>_kl<beta>."""
-    if not beta > 0:
-        raise ValueError(f"The remedy is a KL term: beta must be positive, got {beta!r}.")
+    """`cfg` with a KL term of weight `beta` toward the cold-start policy; its own run folder <run>_kl<beta>.
+    `beta` must exceed the plain run's own (the GPU presets train with TRL's 0.04), else there is no remedy."""
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta > cfg.beta:
+        raise ValueError(f"The remedy is a stronger KL term than the plain run's (beta={cfg.beta:g}): got beta={beta!r}. "
+                         f"Set REMEDY_BETA above {cfg.beta:g}, e.g. {max(REMEDY_BETA, 2.5 * cfg.beta):g}.")
     return cfg.override(beta=float(beta), run_name=f"{cfg.run_name}_kl{beta:g}")
 
 
