@@ -77,7 +77,7 @@ def final_bars(table, label: str, save_to: Sequence[str | Path] = (), metrics: S
 
 
 CHANGE_TITLES = {"strict_accuracy": "strict accuracy", "gold_answer_logprob": "log P(gold answer | own reasoning)",
-                 "completion_tokens": "completion length (tokens)"}
+                 "format_rate": "completions in the tag format", "completion_tokens": "completion length (tokens)"}
 
 
 def change_panels(tables, label: str, save_to: Sequence[str | Path] = ()):
@@ -91,7 +91,7 @@ def change_panels(tables, label: str, save_to: Sequence[str | Path] = ()):
         raise ValueError("Nothing to draw: no paired differences yet (run the grid first).")
     nvar = max(t["variant"].nunique() for t in tables)
     fig, axes = plt.subplots(len(tables), len(metrics), squeeze=False,
-                             figsize=(3.9 * len(metrics), (0.9 + 0.36 * nvar) * len(tables) + 0.5))
+                             figsize=(3.4 * len(metrics), (0.9 + 0.36 * nvar) * len(tables) + 0.5))
     for r, table in enumerate(tables):
         vs = str(table["vs"].iloc[0])
         for c, metric in enumerate(metrics):

@@ -272,9 +272,22 @@ def test_report_draws_every_figure(tmp_path):
                       "own/entropy": [1.0, 0.9]}).to_csv(tmp_path / name / "dynamics.csv", index=False)
     table = ablations.aggregate(tmp_path)
     saved = ablation_plots.report(tmp_path, table, "tiny · 3 steps · test", figures_dir=tmp_path / "figs")
-    assert set(saved) == {"curves", "dynamics", "bars"}
+    assert set(saved) == {"curves", "dynamics", "bars"}  # no evaluations written: no paired changes to draw
     for path in saved.values():
         assert path.stat().st_size > 5000 and (tmp_path / "figs" / path.name).exists()
+    _write_eval(tmp_path / "eval_samples_start.csv", [0, 1, 0, 0], [-3.0, -2.0, -4.0, -5.0], [40] * 4)
+    for name, (right, lp) in {"a": ([1, 1, 0, 0], -2.0), "b": ([0, 1, 0, 0], -4.0), "a_s43": ([1, 1, 1, 0], -2.5)}.items():
+        _write_eval(tmp_path / name / "eval_samples_after.csv", right, [lp] * 4, [50] * 4)
+    table = pd.concat([table, pd.DataFrame([{"variant": "a_s43"}])], ignore_index=True)
+    saved = ablation_plots.report(tmp_path, table, "tiny · 3 steps · test")
+    assert saved["changes"].stat().st_size > 5000  # minus the start (no control "mean_only" in this grid)
+    tables = [ablations.pooled_changes(tmp_path, ["a", "b", "a_s43"]),
+              ablations.pooled_changes(tmp_path, ["a", "b", "a_s43"], against="a")]
+    assert set(tables[0]["variant"]) == {"a", "b"} and tables[0].query("variant == 'a'")["seeds"].eq(2).all()
+    fig = ablation_plots.change_panels(tables, "tiny")
+    assert len(fig.axes) == 2 * 3  # two rows (minus start, minus a), a panel per metric the files hold
+    with pytest.raises(ValueError, match="Nothing to draw"):
+        ablation_plots.change_panels([tables[0].iloc[:0]], "tiny")
 
 
 # ---- SFT term ------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ def aggregate(grid_dir: str | Path, names: Sequence[str] | None = None, same_as:
 # Per-question columns of the greedy evaluation (eval_samples_*.csv) that the paired comparisons use.
 CHANGE_METRICS = {"strict_accuracy": "strict_correct",         # the answer right, in the format
                   "gold_answer_logprob": "gold_answer_logprob",  # log P(gold answer | prompt, own reasoning)
+                  "format_rate": "format_ok",                    # the completion in the tag format
                   "completion_tokens": "length_tokens"}           # how long the greedy completion is
 CONTROL = "mean_only"  # the variant the others change one thing of (cpu grid)
 
@@ -179,14 +180,16 @@ def pooled_changes(grid_dir: str | Path, names: Sequence[str], *, against: str =
         for f in frames[1:]:
             if list(f["question"]) != list(frames[0]["question"]):
                 raise ValueError(f"The runs {runs} were evaluated on different questions: they cannot be pooled.")
-        return {m: np.mean([pd.to_numeric(f[col], errors="coerce").to_numpy(float) for f in frames], axis=0) for m, col in metrics.items()}
+        return {m: np.mean([pd.to_numeric(f[col], errors="coerce").to_numpy(float) for f in frames], axis=0)
+                for m, col in metrics.items() if all(col in f for f in frames)}  # a column older files lack: skipped
 
     def evaluated(runs):
         return all((grid_dir / r / "eval_samples_after.csv").exists() for r in runs)
 
     if against == "start":
         start = _samples(grid_dir / "eval_samples_start.csv")
-        base = {m: pd.to_numeric(start[col], errors="coerce").to_numpy(float) for m, col in metrics.items()}
+        base = {m: pd.to_numeric(start[col], errors="coerce").to_numpy(float) for m, col in metrics.items()
+                if col in start}
         base_runs = 1
     else:
         if against not in groups or not evaluated(groups[against]):
@@ -197,7 +200,7 @@ def pooled_changes(grid_dir: str | Path, names: Sequence[str], *, against: str =
         if name == against or not evaluated(runs):
             continue
         after = per_question(runs)
-        for m in metrics:
+        for m in [m for m in metrics if m in after and m in base]:
             a, b = after[m], base[m]
             keep = np.isfinite(a) & np.isfinite(b)
             delta, lo, hi = probe.paired_bootstrap(a[keep], b[keep], seed=seed)
