@@ -52,11 +52,16 @@ def final_bars(table, label: str, save_to: Sequence[str | Path] = (), metrics: S
     height = 0.9 + 0.28 * len(table)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, height * nrow), squeeze=False)
     names = [str(v) for v in table["variant"]]
+    from .ablations.table import replicate_groups
+
+    # the colour of each variant in the training curves (every seed of a variant alike); "start" the cold start's
+    position = {run: k for k, runs in enumerate(replicate_groups([n for n in names if n != "start"]).values())
+                for run in runs}
+    colours = [color_for(n, position.get(n, 0)) for n in names]
     for i, (ax, metric) in enumerate(zip(axes.flat, metrics)):
         values = [float(x) if x is not None else math.nan for x in table[metric]]
         fraction = metric.endswith(("accuracy", "rate", "zero_std"))  # shares: shown in %, on a 0-1 axis
-        ax.barh(range(len(names)), [0 if math.isnan(x) else x for x in values],
-                color=[color_for(n, k) for k, n in enumerate(names)], alpha=0.85)
+        ax.barh(range(len(names)), [0 if math.isnan(x) else x for x in values], color=colours, alpha=0.85)
         for y, x in enumerate(values):
             text = "n/a" if math.isnan(x) else (f"{x:.0%}" if fraction else f"{x:.3g}")
             ax.text(0 if math.isnan(x) else x, y, " " + text, va="center", fontsize=7)

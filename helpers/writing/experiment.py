@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .. import pipeline, plots, probe
+from .. import pipeline, plots, probe, runtime
 from ..config import RunConfig
 from .curves import writing_curves
 from .evaluation import PROBE_METRICS, evaluate, summarize
@@ -101,8 +101,13 @@ class WritingExperiment(pipeline.Experiment):
         if not self.cfg.probe_size or not self.is_main:
             return None
         ev = "after" if label == "end" else "after_sft" if self.cfg.sft_steps else "before"
-        df = probe.cached(self.run_dir / f"probe_{label}.csv", lambda: self.evaluate(ev)[1])
-        return self._keep_probe(label, add_story_metrics(df))  # from the texts: also for probes cached before them
+        path = self.run_dir / f"probe_{label}.csv"
+        df = probe.cached(path, lambda: self.evaluate(ev)[1])
+        if not all(c in df for c in STORY_METRICS.values()):  # cached before the story metrics: add them, from the texts
+            df = add_story_metrics(df)
+            if "story" in df:
+                runtime.atomic_write_csv(path, df)  # so probe_history (which reads the files) has them too
+        return self._keep_probe(label, df)
 
     def plot_curves(self, metrics_csv, save_to):
         kind = next((f.split("_")[1] for f in self.cfg.reward_weights if f.startswith("writing_")), "mean")
